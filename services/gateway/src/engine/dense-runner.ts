@@ -1,0 +1,338 @@
+/**
+ * DenseRunner: one forward pass of the model over a batch of sequences, running every dense unit
+ * (embedding, attention, norms, dense MLPs, router gates, shared experts, LM head) in ONNX Runtime
+ * and handing routed experts to a `RoutedExperts` (in-process shard, or the router's gRPC fan-out).
+ *
+ * Batch layout. The step's sequences are split into attention groups: all single-token sequences
+ * (decodes) form one group [B, T=1]; each multi-token sequence (prefill chunk) is its own group
+ * [1, T]. So no query row is ever padding; only the past axis is padded to the group's longest
+ * past. Rows of all groups are concatenated (group by group, sequence-major) into the step's row
+ * space [N, H], which the MLP / MoE half of every layer processes in one go.
+ *
+ * Letters: N rows in the step, H hidden, V vocab, A activated experts, X routed experts,
+ * B sequences in a group, T query slots, P past slots, L = P + T, E cache row elements, F = R/2.
+ */
+import { ServerError } from '../../../common/src/errors.js';
+import type { MoeModelConfig } from '../../../model/src/config.js';
+import { buildGqaAttention, buildMlaAttention, cacheRowElements, type MlaImpl } from '../../../model/src/graphs/attention.js';
+import { buildDenseMlp, buildEmbedding, buildLmHead, buildSharedExpert } from '../../../model/src/graphs/mlp.js';
+import { RopeTable } from '../../../model/src/graphs/rope.js';
+import type { WeightSource } from '../../../model/src/graphs/source.js';
+import * as W from '../../../model/src/names.js';
+import { GraphBuilder } from '../../../model/src/onnx/graph.js';
+import { f32, i64, OrtSession, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
+import { GateScratch, route } from '../../../../router/src/gating.js';
+
+/** Routed-expert execution for one MoE layer (see workers/src/shard.ts for the contract). */
+export interface RoutedExperts {
+  forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void>;
+}
+
+/** The KV cache as the attention path sees it (implemented by services/kvcache). */
+export interface KvStore {
+  readonly rowElements: number;
+  /** Copies each sequence's first lengths[b] rows of `layer` into out [numSeqs, maxLen, E]. */
+  gather(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array): void;
+  /** Writes numRows rows (src rows srcRow..) into the sequence's slots startPos.. (capacity ensured by the caller). */
+  writeRows(layer: number, seqId: number, startPos: number, src: Float32Array, srcRow: number, numRows: number): void;
+}
+
+export interface ForwardSeq {
+  /** This step's tokens for the sequence (a prefill chunk, or one decode token). */
+  readonly tokens: ArrayLike<number>;
+  /** Tokens of this sequence already in the KV cache; the first token's position. */
+  readonly pastLen: number;
+  /** KV-manager sequence id; -1 = no cache (pastLen must be 0; nothing is stored). */
+  readonly kvSeqId: number;
+  /** Which positions need logits. */
+  readonly logits: 'last' | 'all' | 'none';
+}
+
+export interface RoutingTrace {
+  /** Per MoE layer: ids [N, A] and weights [N, A] over the step's rows. */
+  readonly layers: { layer: number; ids: Int32Array; weights: Float32Array }[];
+}
+
+export interface ForwardResult {
+  /** logits float32 [S, V]: the requested positions, sequence by sequence. */
+  readonly logits: Float32Array;
+  /** First logits row of each sequence (-1 when it asked for none). */
+  readonly logitRow: Int32Array;
+  /** First step row of each sequence. */
+  readonly rowStart: Int32Array;
+  readonly routing: RoutingTrace | null;
+}
+
+export interface DenseRunnerOptions {
+  readonly runtime: RuntimeOptions;
+  /** MLA attention form: 'absorbed' (fast; the cached latent is attended directly) or 'naive' (oracle). @defaultValue 'absorbed' */
+  readonly mlaImpl: MlaImpl;
+  /** Positions covered by the RoPE table. @defaultValue cfg.maxPositionEmbeddings */
+  readonly maxPositions?: number;
+}
+
+interface LayerUnits {
+  readonly attn: OrtSession;
+  readonly dense: OrtSession | null;
+  readonly shared: OrtSession | null;
+  readonly correctionBias: Float32Array | null;
+}
+
+const MASKED = -1e30;
+
+/** A grow-only Float32Array (reused across steps: avoid GC on the per-step path). */
+class Grow {
+  buf = new Float32Array(0);
+  take(n: number): Float32Array {
+    if (this.buf.length < n) this.buf = new Float32Array(Math.max(n, this.buf.length * 2));
+    return this.buf.subarray(0, n);
+  }
+}
+
+export class DenseRunner {
+  private readonly rope: RopeTable;
+  private readonly gate: GateScratch;
+  private readonly E: number;
+  // per-step scratch
+  private readonly hidden = new Grow();
+  private readonly xNorm = new Grow();
+  private readonly mlpOut = new Grow();
+  private readonly routedOut = new Grow();
+  private readonly routerLogits = new Grow();
+  private readonly routeWeights = new Grow();
+  private routeIds = new Int32Array(0);
+  private readonly cos = new Grow();
+  private readonly sin = new Grow();
+  private readonly past = new Grow();
+  private readonly mask = new Grow();
+  private readonly headIn = new Grow();
+
+  private constructor(
+    readonly cfg: MoeModelConfig,
+    private readonly embed: OrtSession,
+    private readonly head: OrtSession,
+    private readonly units: readonly LayerUnits[],
+    maxPositions: number,
+  ) {
+    this.rope = new RopeTable(cfg.rope, maxPositions);
+    this.gate = new GateScratch(cfg.moe);
+    this.E = cacheRowElements(cfg);
+  }
+
+  static async load(cfg: MoeModelConfig, ws: WeightSource, opts: DenseRunnerOptions): Promise<DenseRunner> {
+    const rt = opts.runtime;
+    const embed = await OrtSession.create('embedding', buildEmbedding(ws, cfg), rt);
+    const head = await OrtSession.create('lm_head', buildLmHead(ws, cfg), rt);
+    const units: LayerUnits[] = [];
+    for (const layer of cfg.layers) {
+      const l = layer.index;
+      const g = new GraphBuilder(`attention_${l}`);
+      if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l);
+      else buildMlaAttention(g, ws, cfg, l, opts.mlaImpl);
+      const attn = await OrtSession.create(`attention_${l}`, g.toModel(), rt);
+      const isMoe = layer.mlp === 'moe';
+      units.push({
+        attn,
+        dense: isMoe ? null : await OrtSession.create(`dense_mlp_${l}`, buildDenseMlp(ws, cfg, l), rt),
+        shared: isMoe && cfg.moe.shared ? await OrtSession.create(`shared_expert_${l}`, buildSharedExpert(ws, cfg, l), rt) : null,
+        correctionBias: isMoe && cfg.moe.useCorrectionBias ? ws.readF32(W.correctionBias(l)) : null,
+      });
+    }
+    return new DenseRunner(cfg, embed, head, units, opts.maxPositions ?? cfg.maxPositionEmbeddings);
+  }
+
+  get maxPositions(): number {
+    return this.rope.maxPositions;
+  }
+
+  async forward(seqs: readonly ForwardSeq[], kv: KvStore | null, experts: RoutedExperts, traceRouting = false): Promise<ForwardResult> {
+    const cfg = this.cfg;
+    const H = cfg.hiddenSize;
+    const V = cfg.vocabSize;
+    const A = cfg.moe.nActivatedExperts;
+    const X = cfg.moe.nRoutedExperts;
+    const F = this.rope.freqs;
+
+    // ---- rows and groups
+    const numSeqs = seqs.length;
+    const rowStart = new Int32Array(numSeqs);
+    let N = 0;
+    for (let s = 0; s < numSeqs; s++) {
+      const q = seqs[s]!;
+      if (q.tokens.length === 0) throw new ServerError('internal', 'forward: a sequence with no tokens');
+      if (q.kvSeqId < 0 && q.pastLen !== 0) throw new ServerError('internal', 'forward: pastLen without a KV sequence');
+      if (q.pastLen + q.tokens.length > this.rope.maxPositions) {
+        throw new ServerError('context_length_exceeded', `sequence of ${q.pastLen + q.tokens.length} tokens exceeds the ${this.rope.maxPositions} positions this model serves`);
+      }
+      rowStart[s] = N;
+      N += q.tokens.length;
+    }
+    const decodes: number[] = [];
+    const groups: number[][] = [];
+    for (let s = 0; s < numSeqs; s++) {
+      if (seqs[s]!.tokens.length === 1) decodes.push(s);
+      else groups.push([s]);
+    }
+    if (decodes.length > 0) groups.unshift(decodes);
+    // Rows are laid out group by group; remap so each group's rows are contiguous.
+    const order = groups.flat();
+    let r = 0;
+    for (const s of order) {
+      rowStart[s] = r;
+      r += seqs[s]!.tokens.length;
+    }
+
+    // ---- embedding
+    const ids = new BigInt64Array(N);
+    for (const s of order) {
+      const q = seqs[s]!;
+      for (let t = 0; t < q.tokens.length; t++) {
+        const id = q.tokens[t]!;
+        if (!Number.isInteger(id) || id < 0 || id >= V) throw new ServerError('invalid_token_id', `token id ${id} is outside the vocabulary [0, ${V})`);
+        ids[rowStart[s]! + t] = BigInt(id);
+      }
+    }
+    const hidden = this.hidden.take(N * H);
+    hidden.set((await this.embed.run({ ids: i64(ids, [N]) }, ['hidden'])).hidden!.data);
+    const xNorm = this.xNorm.take(N * H);
+    const cos = this.cos.take(N * F);
+    const sin = this.sin.take(N * F);
+    for (const s of order) {
+      const q = seqs[s]!;
+      for (let t = 0; t < q.tokens.length; t++) this.rope.fill(q.pastLen + t, cos, sin, rowStart[s]! + t);
+    }
+    const trace: RoutingTrace | null = traceRouting ? { layers: [] } : null;
+    if (this.routeIds.length < N * A) this.routeIds = new Int32Array(N * A * 2);
+    const routeIds = this.routeIds.subarray(0, N * A);
+    const routeWeights = this.routeWeights.take(N * A);
+    const routerLogits = this.routerLogits.take(N * X);
+
+    for (const layer of cfg.layers) {
+      const l = layer.index;
+      const unit = this.units[l]!;
+      const isMoe = layer.mlp === 'moe';
+      // ---- attention, group by group
+      for (const group of groups) {
+        await this.attentionGroup(l, layer.slidingWindow, unit.attn, group, seqs, rowStart, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
+      }
+      // ---- MLP / MoE over all rows
+      const mlpOut = this.mlpOut.take(N * H);
+      if (!isMoe) {
+        const y = (await unit.dense!.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
+        for (let i = 0; i < N * H; i++) hidden[i] += y[i]!;
+        continue;
+      }
+      route(cfg.moe, routerLogits, N, unit.correctionBias, routeIds, routeWeights, this.gate);
+      if (trace) trace.layers.push({ layer: l, ids: routeIds.slice(), weights: routeWeights.slice() });
+      const routed = this.routedOut.take(N * H);
+      // Routed experts go out first; shared experts run while they are in flight.
+      const pending = experts.forward(l, xNorm, N, routeIds, routeWeights, A, routed);
+      let shared: Float32Array | null = null;
+      if (unit.shared) {
+        // Guard the shared run so a routed failure is not left unobserved while it computes.
+        pending.catch(() => undefined);
+        shared = (await unit.shared.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
+      }
+      await pending;
+      if (shared) for (let i = 0; i < N * H; i++) hidden[i] += shared[i]! + routed[i]!;
+      else for (let i = 0; i < N * H; i++) hidden[i] += routed[i]!;
+      void mlpOut;
+    }
+
+    // ---- final norm + LM head on the positions that sample
+    const logitRow = new Int32Array(numSeqs).fill(-1);
+    let S = 0;
+    for (let s = 0; s < numSeqs; s++) {
+      const q = seqs[s]!;
+      if (q.logits === 'none') continue;
+      logitRow[s] = S;
+      S += q.logits === 'all' ? q.tokens.length : 1;
+    }
+    let logits = new Float32Array(0);
+    if (S > 0) {
+      const headIn = this.headIn.take(S * H);
+      for (let s = 0; s < numSeqs; s++) {
+        const q = seqs[s]!;
+        if (q.logits === 'none') continue;
+        const n = q.logits === 'all' ? q.tokens.length : 1;
+        const first = rowStart[s]! + q.tokens.length - n;
+        headIn.set(hidden.subarray(first * H, (first + n) * H), logitRow[s]! * H);
+      }
+      logits = (await this.head.run({ hidden: f32(headIn, [S, H]) }, ['logits'])).logits!.data;
+    }
+    return { logits, logitRow, rowStart, routing: trace };
+  }
+
+  /** Runs one layer's attention for one group and writes its rows back into the step buffers. */
+  private async attentionGroup(
+    layer: number,
+    window: number | null,
+    session: OrtSession,
+    group: readonly number[],
+    seqs: readonly ForwardSeq[],
+    rowStart: Int32Array,
+    kv: KvStore | null,
+    hidden: Float32Array,
+    xNorm: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    routerLogits: Float32Array | null,
+  ): Promise<void> {
+    const H = this.cfg.hiddenSize;
+    const F = this.rope.freqs;
+    const E = this.E;
+    const X = this.cfg.moe.nRoutedExperts;
+    const B = group.length;
+    const T = seqs[group[0]!]!.tokens.length; // decode group: 1; prefill group: B = 1
+    let P = 0;
+    for (const s of group) P = Math.max(P, seqs[s]!.pastLen);
+    const L = P + T;
+    const first = rowStart[group[0]!]!;
+    const n = B * T;
+
+    // past [B, P, E] from the KV pool
+    const past = this.past.take(B * P * E);
+    if (P > 0) {
+      if (!kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
+      const seqIds = new Int32Array(B);
+      const lens = new Int32Array(B);
+      group.forEach((s, b) => {
+        seqIds[b] = seqs[s]!.kvSeqId;
+        lens[b] = seqs[s]!.pastLen;
+      });
+      kv.gather(layer, seqIds, B, lens, P, past);
+    }
+    // mask [B, T, L]: past key j visible if j < pastLen; new key P + j' visible if j' <= t; windows
+    const mask = this.mask.take(B * T * L);
+    mask.fill(MASKED);
+    for (let b = 0; b < B; b++) {
+      const pl = seqs[group[b]!]!.pastLen;
+      for (let t = 0; t < T; t++) {
+        const qPos = pl + t;
+        const rowBase = (b * T + t) * L;
+        const lo = window === null ? 0 : Math.max(0, qPos - window + 1);
+        for (let j = lo; j < pl; j++) mask[rowBase + j] = 0;
+        for (let j = 0; j <= t; j++) if (pl + j >= lo) mask[rowBase + P + j] = 0;
+      }
+    }
+    const feeds = {
+      hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
+      cos: f32(cos.subarray(first * F, (first + n) * F), [n, F]),
+      sin: f32(sin.subarray(first * F, (first + n) * F), [n, F]),
+      past: f32(past, [B, P, E]),
+      mask: f32(mask, [B, T, L]),
+    };
+    const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
+    const res = await session.run(feeds, outs);
+    hidden.set(res.hidden_out!.data, first * H);
+    xNorm.set(res.x_norm!.data, first * H);
+    if (routerLogits) routerLogits.set(res.router_logits!.data, first * X);
+    if (kv) {
+      const kvNew = res.kv_new!.data;
+      for (let b = 0; b < B; b++) {
+        const q = seqs[group[b]!]!;
+        if (q.kvSeqId >= 0) kv.writeRows(layer, q.kvSeqId, q.pastLen, kvNew, b * T, T);
+      }
+    }
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * Attention unit of one decoder layer, as one ONNX graph:
+ *   hidden -> input_layernorm -> q/k/v (GQA) or latent (MLA) projections -> RoPE
+ *   -> attention over [past rows from the KV cache | this step's rows] -> o_proj -> + residual
+ *   -> post_attention_layernorm (-> router logits on MoE layers).
+ *
+ * Letters: B sequences in the group, T query slots per sequence (padded), P past slots (padded),
+ * L = P + T, N = B·T rows, H hidden, h query heads, g KV heads, G = h/g, D head dim,
+ * C kv_lora_rank, R rotary dims, F = R/2, E cache row elements, X routed experts.
+ *
+ * Inputs (every variant):
+ *   hidden  float32 [N, H]      residual stream rows, sequence-major (row = b·T + t)
+ *   cos,sin float32 [N, F]      RoPE rows for each row's absolute position
+ *   past    float32 [B, P, E]   this layer's cache rows gathered from the KV pool (P may be 0)
+ *   mask    float32 [B, T, L]   additive: 0 visible, -1e30 hidden (causality, padding, windows)
+ * Outputs:
+ *   hidden_out float32 [N, H]   hidden + attention
+ *   x_norm     float32 [N, H]   post_attention_layernorm(hidden_out): the MLP / MoE input
+ *   kv_new     float32 [N, E]   this step's cache rows, in the KV pool's row format:
+ *                               GQA [K: g·D | V: g·D] (K after RoPE); MLA [c_kv: C | k_pe: R]
+ *                               (c_kv after kv_a_layernorm, k_pe after RoPE)
+ *   router_logits float32 [N, X] (MoE layers only)
+ */
+import type { MoeModelConfig } from '../config.js';
+import * as W from '../names.js';
+import { type GraphBuilder } from '../onnx/graph.js';
+import { DT } from '../onnx/proto.js';
+import { applyRope } from './rope.js';
+import type { WeightSource } from './source.js';
+
+export type MlaImpl = 'naive' | 'absorbed';
+
+/** Row elements of the KV cache per token per layer. */
+export function cacheRowElements(cfg: MoeModelConfig): number {
+  const a = cfg.attention;
+  return a.kind === 'mla' ? a.kvLoraRank + a.qkRopeHeadDim : 2 * a.numKvHeads * a.headDim;
+}
+
+function weight(g: GraphBuilder, ws: WeightSource, name: string, dims: number[]): string {
+  return g.initializer(name, DT.FLOAT, dims, ws.readF32(name));
+}
+
+function optionalBias(g: GraphBuilder, ws: WeightSource, name: string, present: boolean, n: number): string | undefined {
+  return present ? weight(g, ws, name, [n]) : undefined;
+}
+
+/** Declares the shared inputs; returns their names. */
+function declareInputs(g: GraphBuilder, cfg: MoeModelConfig) {
+  const H = cfg.hiddenSize;
+  const F = cfg.rope.dim / 2;
+  const E = cacheRowElements(cfg);
+  return {
+    hidden: g.input('hidden', DT.FLOAT, ['N', H]),
+    cos: g.input('cos', DT.FLOAT, ['N', F]),
+    sin: g.input('sin', DT.FLOAT, ['N', F]),
+    past: g.input('past', DT.FLOAT, ['B', 'P', E]),
+    mask: g.input('mask', DT.FLOAT, ['B', 'T', 'L']),
+  };
+}
+
+/** attention output [N, h·Dv] -> o_proj -> residual -> post norm (+ router logits). */
+function finish(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, hidden: string, attnOut: string, oIn: number, oBias: boolean): void {
+  const H = cfg.hiddenSize;
+  const o = g.linear(attnOut, weight(g, ws, W.attn(layer, 'o_proj'), [H, oIn]), optionalBias(g, ws, W.attn(layer, 'o_proj', 'bias'), oBias, H));
+  const hiddenOut = g.add(hidden, o);
+  g.output(hiddenOut, 'hidden_out');
+  const xNorm = g.rmsNorm(hiddenOut, weight(g, ws, W.postAttnNorm(layer), [H]), cfg.rmsNormEps);
+  g.output(xNorm, 'x_norm');
+  if (cfg.layers[layer]!.mlp === 'moe') {
+    const X = cfg.moe.nRoutedExperts;
+    g.output(g.linear(xNorm, weight(g, ws, W.routerGate(cfg, layer), [X, H])), 'router_logits');
+  }
+}
+
+/** [B, T, ...] -> shape tensor value: Shape(mask)[0:2] ++ rest. */
+function btShape(g: GraphBuilder, mask: string, rest: number[]): string {
+  return g.concat([g.shape(mask, 0, 2), g.constI64(rest)], 0);
+}
+
+export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number): void {
+  const a = cfg.attention;
+  if (a.kind !== 'gqa') throw new Error('buildGqaAttention: not a GQA model');
+  const H = cfg.hiddenSize;
+  const { numHeads: h, numKvHeads: kvh, headDim: D } = a;
+  const G = h / kvh;
+  const R = cfg.rope.dim;
+  const inp = declareInputs(g, cfg);
+
+  const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
+  // One fused projection [h·D + 2·g·D, H]: one weight read instead of three.
+  const qkvW = concatRows(ws, [W.attn(layer, 'q_proj'), W.attn(layer, 'k_proj'), W.attn(layer, 'v_proj')]);
+  const qkvWName = g.initializer(`layers.${layer}.self_attn.qkv_proj.weight`, DT.FLOAT, [(h + 2 * kvh) * D, H], qkvW);
+  let qkvB: string | undefined;
+  if (a.qkvBias) {
+    const b = concatRows(ws, [W.attn(layer, 'q_proj', 'bias'), W.attn(layer, 'k_proj', 'bias'), W.attn(layer, 'v_proj', 'bias')]);
+    qkvB = g.initializer(`layers.${layer}.self_attn.qkv_proj.bias`, DT.FLOAT, [(h + 2 * kvh) * D], b);
+  }
+  const [qFlat, kFlat, vFlat] = g.split(g.linear(x, qkvWName, qkvB), 1, [h * D, kvh * D, kvh * D]) as [string, string, string];
+  let q = g.reshape(qFlat, [0, h, D]); // [N, h, D]
+  let k = g.reshape(kFlat, [0, kvh, D]); // [N, g, D]
+  if (a.qkNorm) {
+    q = g.rmsNorm(q, weight(g, ws, W.attn(layer, 'q_norm'), [D]), cfg.rmsNormEps);
+    k = g.rmsNorm(k, weight(g, ws, W.attn(layer, 'k_norm'), [D]), cfg.rmsNormEps);
+  }
+  q = applyRope(g, q, inp.cos, inp.sin, R, D, cfg.rope.interleaved);
+  k = applyRope(g, k, inp.cos, inp.sin, R, D, cfg.rope.interleaved);
+  const kvNew = g.concat([g.reshape(k, [0, kvh * D]), vFlat], 1); // [N, 2·g·D]
+  g.output(kvNew, 'kv_new');
+
+  // Keys and values of the whole window: [past | new] along the sequence axis.
+  const all = g.concat([inp.past, g.reshape(kvNew, btShape(g, inp.mask, [2 * kvh * D]))], 1); // [B, L, 2gD]
+  const [kAll, vAll] = g.split(all, 2, [kvh * D, kvh * D]) as [string, string];
+  const kT = g.transpose(g.reshape(kAll, [0, 0, kvh, D]), [0, 2, 3, 1]); // [B, g, D, L]
+  const vH = g.transpose(g.reshape(vAll, [0, 0, kvh, D]), [0, 2, 1, 3]); // [B, g, L, D]
+  // q rows grouped by KV head: [N, h, D] -> [B, T, g, G, D] -> [B, g, G, T, D] -> [B, g, G·T, D]
+  const q5 = g.transpose(g.reshape(q, btShape(g, inp.mask, [kvh, G, D])), [0, 2, 3, 1, 4]);
+  const qG = g.reshape(q5, [0, kvh, -1, D]);
+  const scores = g.scale(g.matmul(qG, kT), cfg.softmaxScale); // [B, g, G·T, L]
+  const s5 = g.reshape(scores, g.concat([g.shape(q5, 0, 4), g.shape(inp.mask, 2, 3)], 0)); // [B, g, G, T, L]
+  const probs = g.softmax(g.add(s5, g.unsqueeze(inp.mask, [1, 2])), -1);
+  const ctx = g.matmul(g.reshape(probs, g.shape(scores)), vH); // [B, g, G·T, D]
+  const ctx5 = g.reshape(ctx, g.shape(q5)); // [B, g, G, T, D]
+  const attnOut = g.reshape(g.transpose(ctx5, [0, 3, 1, 2, 4]), [-1, h * D]); // [N, h·D]
+  finish(g, ws, cfg, layer, inp.hidden, attnOut, h * D, a.oBias);
+}
+
+export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: MlaImpl): void {
+  const a = cfg.attention;
+  if (a.kind !== 'mla') throw new Error('buildMlaAttention: not an MLA model');
+  const H = cfg.hiddenSize;
+  const { numHeads: h, kvLoraRank: C, qkNopeHeadDim: Dn, qkRopeHeadDim: R, vHeadDim: Dv } = a;
+  const Dq = Dn + R;
+  const inp = declareInputs(g, cfg);
+  const bias = a.attentionBias;
+
+  const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
+  let qFlat: string;
+  if (a.qLoraRank === null) {
+    qFlat = g.linear(x, weight(g, ws, W.attn(layer, 'q_proj'), [h * Dq, H]));
+  } else {
+    const r = a.qLoraRank;
+    const qa = g.linear(x, weight(g, ws, W.attn(layer, 'q_a_proj'), [r, H]), optionalBias(g, ws, W.attn(layer, 'q_a_proj', 'bias'), bias, r));
+    const qaN = g.rmsNorm(qa, weight(g, ws, W.attn(layer, 'q_a_layernorm'), [r]), cfg.rmsNormEps);
+    qFlat = g.linear(qaN, weight(g, ws, W.attn(layer, 'q_b_proj'), [h * Dq, r]));
+  }
+  const [qNope, qPeRaw] = g.split(g.reshape(qFlat, [0, h, Dq]), 2, [Dn, R]) as [string, string]; // [N,h,Dn], [N,h,R]
+  const qPe = applyRope(g, qPeRaw, inp.cos, inp.sin, R, R, cfg.rope.interleaved);
+
+  const kvA = g.linear(x, weight(g, ws, W.attn(layer, 'kv_a_proj_with_mqa'), [C + R, H]), optionalBias(g, ws, W.attn(layer, 'kv_a_proj_with_mqa', 'bias'), bias, C + R));
+  const [cRaw, kPeRaw] = g.split(kvA, 1, [C, R]) as [string, string];
+  const cKv = g.rmsNorm(cRaw, weight(g, ws, W.attn(layer, 'kv_a_layernorm'), [C]), cfg.rmsNormEps); // [N, C]
+  const kPe = g.reshape(applyRope(g, g.reshape(kPeRaw, [0, 1, R]), inp.cos, inp.sin, R, R, cfg.rope.interleaved), [0, R]);
+  const kvNew = g.concat([cKv, kPe], 1); // [N, C + R]
+  g.output(kvNew, 'kv_new');
+
+  const lat = g.concat([inp.past, g.reshape(kvNew, btShape(g, inp.mask, [C + R]))], 1); // [B, L, C+R]
+  const maskB = g.unsqueeze(inp.mask, [1]); // [B, 1, T, L]
+  // q as [B, h, T, *]
+  const toBhT = (v: string, d: number) => g.transpose(g.reshape(v, btShape(g, inp.mask, [h, d])), [0, 2, 1, 3]);
+  const kvB = ws.readF32(W.attn(layer, 'kv_b_proj')); // [h·(Dn+Dv), C]
+  let ctx: string; // [B, h, T, Dv]
+  if (impl === 'naive') {
+    // Rebuild per-head keys and values from every cached latent: the reference path.
+    const [cAll, kPeAll] = g.split(lat, 2, [C, R]) as [string, string];
+    const kvFull = g.reshape(g.matmul(cAll, g.transpose(g.initializer(W.attn(layer, 'kv_b_proj'), DT.FLOAT, [h * (Dn + Dv), C], kvB), [1, 0])), [0, 0, h, Dn + Dv]); // [B, L, h, Dn+Dv]
+    const [kNope, v] = g.split(kvFull, 3, [Dn, Dv]) as [string, string];
+    const kPeH = g.op('Expand', [g.unsqueeze(kPeAll, [2]), g.concat([g.shape(kNope, 0, 3), g.constI64([R])], 0)]); // [B, L, h, R]
+    const k = g.transpose(g.concat([kNope, kPeH], 3), [0, 2, 3, 1]); // [B, h, Dq, L]
+    const qFull = toBhT(g.concat([qNope, qPe], 2), Dq); // [B, h, T, Dq]
+    const probs = g.softmax(g.add(g.scale(g.matmul(qFull, k), cfg.softmaxScale), maskB), -1);
+    ctx = g.matmul(probs, g.transpose(v, [0, 2, 1, 3])); // [B, h, T, Dv]
+  } else {
+    // Absorbed: W_UK folded into the query, attention over the cached latent itself, W_UV after.
+    const { wUK, wUVt } = splitKvB(kvB, h, Dn, Dv, C);
+    const wUKName = g.initializer(`layers.${layer}.self_attn.w_uk`, DT.FLOAT, [h, Dn, C], wUK);
+    const wUVName = g.initializer(`layers.${layer}.self_attn.w_uv_t`, DT.FLOAT, [h, C, Dv], wUVt);
+    const qLat = g.matmul(toBhT(qNope, Dn), wUKName); // [B, h, T, C]
+    const qCat = g.concat([qLat, toBhT(qPe, R)], 3); // [B, h, T, C+R] — matches the cache row [c_kv | k_pe]
+    const latT = g.unsqueeze(g.transpose(lat, [0, 2, 1]), [1]); // [B, 1, C+R, L]
+    const probs = g.softmax(g.add(g.scale(g.matmul(qCat, latT), cfg.softmaxScale), maskB), -1); // [B, h, T, L]
+    const cAll = g.unsqueeze(g.slice(lat, 2, 0, C), [1]); // [B, 1, L, C]
+    ctx = g.matmul(g.matmul(probs, cAll), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
+  }
+  const attnOut = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [-1, h * Dv]); // [N, h·Dv]
+  finish(g, ws, cfg, layer, inp.hidden, attnOut, h * Dv, bias);
+}
+
+/** kv_b_proj [h·(Dn+Dv), C] -> W_UK [h, Dn, C] and W_UV^T [h, C, Dv]. */
+function splitKvB(kvB: Float32Array, h: number, Dn: number, Dv: number, C: number): { wUK: Float32Array; wUVt: Float32Array } {
+  const wUK = new Float32Array(h * Dn * C);
+  const wUVt = new Float32Array(h * C * Dv);
+  for (let head = 0; head < h; head++) {
+    const base = head * (Dn + Dv) * C;
+    wUK.set(kvB.subarray(base, base + Dn * C), head * Dn * C);
+    for (let d = 0; d < Dv; d++) {
+      const row = base + (Dn + d) * C;
+      for (let c = 0; c < C; c++) wUVt[head * C * Dv + c * Dv + d] = kvB[row + c]!;
+    }
+  }
+  return { wUK, wUVt };
+}
+
+function concatRows(ws: WeightSource, names: string[]): Float32Array {
+  const parts = names.map((n) => ws.readF32(n));
+  const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
