@@ -96,7 +96,6 @@ export class DenseRunner {
   // per-step scratch
   private readonly hidden = new Grow();
   private readonly xNorm = new Grow();
-  private readonly mlpOut = new Grow();
   private readonly routedOut = new Grow();
   private readonly routerLogits = new Grow();
   private readonly routeWeights = new Grow();
@@ -216,7 +215,6 @@ export class DenseRunner {
         await this.attentionGroup(l, layer.slidingWindow, unit.attn, group, seqs, rowStart, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
       }
       // ---- MLP / MoE over all rows
-      const mlpOut = this.mlpOut.take(N * H);
       if (!isMoe) {
         const y = (await unit.dense!.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
         for (let i = 0; i < N * H; i++) hidden[i] += y[i]!;
@@ -236,7 +234,6 @@ export class DenseRunner {
       await pending;
       if (shared) for (let i = 0; i < N * H; i++) hidden[i] += shared[i]! + routed[i]!;
       else for (let i = 0; i < N * H; i++) hidden[i] += routed[i]!;
-      void mlpOut;
     }
 
     // ---- final norm + LM head on the positions that sample
@@ -248,7 +245,7 @@ export class DenseRunner {
       logitRow[s] = S;
       S += q.logits === 'all' ? q.tokens.length : 1;
     }
-    let logits = new Float32Array(0);
+    let logits: Float32Array = new Float32Array(0);
     if (S > 0) {
       const headIn = this.headIn.take(S * H);
       for (let s = 0; s < numSeqs; s++) {

@@ -1,0 +1,42 @@
+/**
+ * Flags shared by commands, and their conversion into frozen option objects.
+ */
+import { ServerError } from '../common/src/errors.js';
+import type { Device, RuntimeOptions } from '../model/src/runtime/onnx.js';
+
+export const RUNTIME_FLAGS = {
+  device: { type: 'string', default: 'cpu' },
+  mla: { type: 'string', default: 'absorbed' },
+  threads: { type: 'string', default: '1' },
+} as const;
+
+export function runtimeFromFlags(values: { device?: string; mla?: string; threads?: string }, log: RuntimeOptions['log']): RuntimeOptions {
+  const device = (values.device ?? 'cpu').split(':');
+  if (device[0] !== 'cpu' && device[0] !== 'cuda') throw new ServerError('invalid_request', `--device must be cpu or cuda[:N], got ${values.device}`);
+  if (values.mla !== undefined && values.mla !== 'naive' && values.mla !== 'absorbed') throw new ServerError('invalid_request', `--mla must be naive or absorbed, got ${values.mla}`);
+  const threads = Number(values.threads ?? '1');
+  if (!Number.isInteger(threads) || threads < 1) throw new ServerError('invalid_request', `--threads must be a positive integer, got ${values.threads}`);
+  return Object.freeze({ device: device[0] as Device, deviceId: device[1] ? Number(device[1]) : 0, intraOpThreads: threads, log });
+}
+
+/** "1,2,3" -> [1, 2, 3]; a clear error naming the flag otherwise. */
+export function parseIntList(s: string, flag: string): number[] {
+  const parts = s.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
+  const out = parts.map(Number);
+  if (out.length === 0 || out.some((x) => !Number.isInteger(x) || x < 0)) throw new ServerError('invalid_request', `${flag} must be comma-separated non-negative integers, got "${s}"`);
+  return out;
+}
+
+/** A one-line progress bar on stderr (make-checkpoint, demo model). */
+export function progressBar(label: string): (done: number, total: number) => void {
+  let last = -1;
+  return (done, total) => {
+    const pct = total > 0 ? Math.floor((done / total) * 100) : 100;
+    if (pct === last) return;
+    last = pct;
+    const width = 30;
+    const filled = Math.round((pct / 100) * width);
+    process.stderr.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct}% ${(done / 2 ** 20).toFixed(0)}/${(total / 2 ** 20).toFixed(0)} MiB`);
+    if (done >= total) process.stderr.write('\n');
+  };
+}

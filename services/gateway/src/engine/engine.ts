@@ -1,0 +1,314 @@
+/**
+ * Engine: continuous-batching generation over the paged KV cache. One `step()` = one forward
+ * pass over every running sequence: decodes (one token each) plus prefill chunks of newly
+ * admitted prompts, within a token budget, so long prompts never starve running decodes.
+ *
+ * Data flow: EngineRequest (token ids + sampling) -> SeqState (here) -> ForwardSeq rows
+ * (DenseRunner) -> KV rows (services/kvcache) / routed rows (RoutedExperts) -> logits ->
+ * sampler -> StepEvent (token id, logprobs, finish reason) back to the caller.
+ *
+ * The scheduler admits a waiting sequence only when the pool can hold its next chunk. When the
+ * pool runs dry mid-decode, the newest running sequence is preempted: its blocks are freed and it
+ * goes back to the front of the queue to be recomputed later (output unchanged) — never a
+ * deadlock and never a silent truncation.
+ */
+import { ServerError } from '../../../common/src/errors.js';
+import type { MoeModelConfig } from '../../../model/src/config.js';
+import { createSamplerScratch, SequenceSampler, type SamplerScratch, type SamplingParams } from '../sampling/sampler.js';
+import { topLogprobs, tokenLogprob } from '../sampling/logprobs.js';
+import type { DenseRunner, ForwardSeq, KvStore, RoutedExperts } from './dense-runner.js';
+
+/** What the engine needs of the KV-cache manager (services/kvcache implements it). */
+export interface KvManager extends KvStore {
+  createSequence(): number;
+  /** Ensures slots for numTokens tokens in total; all-or-nothing. */
+  ensureCapacity(seqId: number, numTokens: number): boolean;
+  /** Records that n more tokens of the sequence are now stored. */
+  advance(seqId: number, n: number): void;
+  freeSequence(seqId: number): void;
+  canAllocate(numTokens: number): boolean;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
+
+export interface EngineRequest {
+  readonly promptIds: readonly number[];
+  readonly sampling: SamplingParams;
+  /** New tokens at most. */
+  readonly maxTokens: number;
+  /** Stop when one of these is generated (the model's EOS ids unless ignoreEos). */
+  readonly stopTokenIds: readonly number[];
+  /** Generated tokens before stop tokens count (vLLM min_tokens). @defaultValue 0 */
+  readonly minTokens?: number;
+  /** Top-N logprobs for each generated token (0 = the sampled token's only); null = none. */
+  readonly logprobs: number | null;
+  /** Top-N logprobs at each prompt position (for echo); null = none. */
+  readonly promptLogprobs: number | null;
+  /** Keep the full logits of the last prompt position (CLI --json). */
+  readonly captureLastPromptLogits?: boolean;
+}
+
+export interface TokenLogprobs {
+  readonly logprob: number;
+  readonly topIds: Int32Array;
+  readonly topLogprobs: Float32Array;
+}
+
+/** Per-sequence output of one step. */
+export interface StepEvent {
+  readonly seqId: number;
+  /** The sampled token, or -1 when this step only advanced a prefill. */
+  readonly tokenId: number;
+  readonly logprobs: TokenLogprobs | null;
+  /** For each prompt position 1..n-1 the logprob of the actual next token, and top-N (echo). */
+  readonly promptLogprobs: TokenLogprobs[] | null;
+  readonly lastPromptLogits: Float32Array | null;
+  readonly finishReason: FinishReason | null;
+}
+
+interface SeqState {
+  readonly id: number;
+  readonly req: EngineRequest;
+  kvSeqId: number;
+  /** prompt ++ generated tokens */
+  readonly tokens: number[];
+  readonly promptLen: number;
+  /** Tokens whose KV rows are in the cache. */
+  numComputed: number;
+  generated: number;
+  sampler: SequenceSampler;
+  readonly stop: Set<number>;
+  promptLogprobs: TokenLogprobs[] | null;
+}
+
+export interface EngineOptions {
+  /** Sequences decoding at once. @defaultValue 64 */
+  readonly maxNumSeqs: number;
+  /** Tokens per step (prefill chunks + decodes). @defaultValue 512 */
+  readonly maxBatchedTokens: number;
+  /** Longest prompt + output. @defaultValue the model's max_position_embeddings */
+  readonly maxModelLen: number;
+}
+
+export class Engine {
+  private readonly seqs = new Map<number, SeqState>();
+  /** Admission order: waiting sequences (front = next). */
+  private readonly waiting: SeqState[] = [];
+  /** Running sequences in admission order (last = newest, preempted first). */
+  private readonly running: SeqState[] = [];
+  private nextId = 0;
+  preemptions = 0;
+  /** Sequences ended by the scheduler itself (they can never fit), reported by the next step. */
+  private readonly failed: StepEvent[] = [];
+  /** One vocab-sized scratch for every sampler: sequences are sampled one at a time. */
+  private readonly samplerScratch: SamplerScratch;
+
+  constructor(
+    readonly cfg: MoeModelConfig,
+    private readonly runner: DenseRunner,
+    private readonly experts: RoutedExperts,
+    private readonly kv: KvManager,
+    readonly opts: EngineOptions,
+  ) {
+    this.samplerScratch = createSamplerScratch(cfg.vocabSize);
+  }
+
+  get numRunning(): number {
+    return this.running.length;
+  }
+  get numWaiting(): number {
+    return this.waiting.length;
+  }
+  hasWork(): boolean {
+    return this.running.length + this.waiting.length > 0;
+  }
+
+  /** Queues a request; returns its sequence id. Validation errors are thrown here, never in step(). */
+  add(req: EngineRequest): number {
+    const V = this.cfg.vocabSize;
+    if (req.promptIds.length === 0) throw new ServerError('invalid_request', 'the prompt is empty', { param: 'prompt' });
+    for (const id of req.promptIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= V) throw new ServerError('invalid_token_id', `token id ${id} is outside the vocabulary [0, ${V})`, { param: 'prompt' });
+    }
+    const total = req.promptIds.length + req.maxTokens;
+    if (total > this.opts.maxModelLen) {
+      throw new ServerError('context_length_exceeded', `This model's maximum context length is ${this.opts.maxModelLen} tokens. However, you requested ${total} tokens (${req.promptIds.length} in the messages, ${req.maxTokens} in the completion).`, { param: 'max_tokens' });
+    }
+    const id = this.nextId++;
+    const s: SeqState = {
+      id,
+      req,
+      kvSeqId: -1,
+      tokens: [...req.promptIds],
+      promptLen: req.promptIds.length,
+      numComputed: 0,
+      generated: 0,
+      sampler: new SequenceSampler(req.sampling, V, req.promptIds, this.samplerScratch),
+      stop: new Set(req.stopTokenIds),
+      promptLogprobs: req.promptLogprobs !== null ? [] : null,
+    };
+    this.seqs.set(id, s);
+    this.waiting.push(s);
+    return id;
+  }
+
+  /** Ends a sequence now and frees its KV blocks. */
+  abort(seqId: number): boolean {
+    const s = this.seqs.get(seqId);
+    if (!s) return false;
+    this.release(s);
+    return true;
+  }
+
+  private release(s: SeqState): void {
+    if (s.kvSeqId >= 0) this.kv.freeSequence(s.kvSeqId);
+    s.kvSeqId = -1;
+    this.seqs.delete(s.id);
+    remove(this.waiting, s);
+    remove(this.running, s);
+  }
+
+  /** Frees a running sequence's blocks and puts it back at the front of the queue. */
+  private preempt(s: SeqState): void {
+    if (s.kvSeqId >= 0) this.kv.freeSequence(s.kvSeqId);
+    s.kvSeqId = -1;
+    s.numComputed = 0;
+    // Prompt logprobs were already delivered; recomputation needs none.
+    remove(this.running, s);
+    this.waiting.unshift(s);
+    this.preemptions++;
+  }
+
+  /** One forward pass over the scheduled sequences; returns one event per scheduled sequence. */
+  async step(): Promise<StepEvent[]> {
+    const plan = this.schedule();
+    if (this.failed.length > 0) return this.failed.splice(0);
+    if (plan.length === 0) return [];
+    const fwd: ForwardSeq[] = plan.map(({ s, n }) => {
+      const finishesPrompt = s.numComputed + n >= s.tokens.length;
+      // prompt logprobs are computed once, on the first pass (not again after a preemption)
+      const wantAll = s.req.promptLogprobs !== null && s.generated === 0 && s.numComputed < s.promptLen;
+      return {
+        tokens: s.tokens.slice(s.numComputed, s.numComputed + n),
+        pastLen: s.numComputed,
+        kvSeqId: s.kvSeqId,
+        logits: wantAll ? 'all' : finishesPrompt ? 'last' : 'none',
+      };
+    });
+    const res = await this.runner.forward(fwd, this.kv, this.experts);
+    const V = this.cfg.vocabSize;
+    const events: StepEvent[] = [];
+    for (let i = 0; i < plan.length; i++) {
+      const { s, n } = plan[i]!;
+      const f = fwd[i]!;
+      const start = s.numComputed;
+      s.numComputed += n;
+      this.kv.advance(s.kvSeqId, n);
+      if (f.logits === 'none') {
+        events.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: null });
+        continue;
+      }
+      const row0 = res.logitRow[i]!;
+      const lastRow = f.logits === 'all' ? row0 + n - 1 : row0;
+      // prompt logprobs: position p predicts token p+1
+      if (f.logits === 'all' && s.promptLogprobs) {
+        for (let t = 0; t < n; t++) {
+          const pos = start + t;
+          if (pos + 1 >= s.promptLen) break;
+          s.promptLogprobs.push(this.logprobsOf(res.logits.subarray((row0 + t) * V, (row0 + t + 1) * V), s.tokens[pos + 1]!, s.req.promptLogprobs!));
+        }
+      }
+      if (s.numComputed < s.tokens.length) {
+        events.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: null });
+        continue;
+      }
+      const logits = res.logits.subarray(lastRow * V, (lastRow + 1) * V);
+      const firstToken = s.generated === 0;
+      const captured = firstToken && s.req.captureLastPromptLogits ? logits.slice() : null;
+      const tokenId = s.sampler.sample(logits);
+      const lp = s.req.logprobs !== null ? this.logprobsOf(logits, tokenId, s.req.logprobs) : null;
+      s.sampler.accept(tokenId);
+      s.tokens.push(tokenId);
+      s.generated++;
+      let finish: FinishReason | null = null;
+      if (s.stop.has(tokenId) && s.generated > (s.req.minTokens ?? 0)) finish = 'stop';
+      else if (s.generated >= s.req.maxTokens || s.tokens.length >= this.opts.maxModelLen) finish = 'length';
+      const promptLogprobs = firstToken && s.promptLogprobs ? s.promptLogprobs : null;
+      events.push({ seqId: s.id, tokenId, logprobs: lp, promptLogprobs, lastPromptLogits: captured, finishReason: finish });
+      if (finish) this.release(s);
+    }
+    return events;
+  }
+
+  private logprobsOf(logits: Float32Array, tokenId: number, topN: number): TokenLogprobs {
+    const ids = new Int32Array(topN);
+    const lps = new Float32Array(topN);
+    if (topN > 0) topLogprobs(logits, topN, ids, lps);
+    return { logprob: tokenLogprob(logits, tokenId), topIds: ids, topLogprobs: lps };
+  }
+
+  /** Picks this step's (sequence, token count) pairs and makes sure their KV slots exist. */
+  private schedule(): { s: SeqState; n: number }[] {
+    let budget = this.opts.maxBatchedTokens;
+    const plan: { s: SeqState; n: number }[] = [];
+    // 1. running sequences in admission order, decodes before prefill chunks
+    const planned = new Set<SeqState>();
+    const isDecode = (s: SeqState) => s.numComputed === s.tokens.length - 1;
+    const ordered = [...this.running.filter(isDecode), ...this.running.filter((s) => !isDecode(s))];
+    for (const s of ordered) {
+      if (budget <= 0) break;
+      if (!this.running.includes(s)) continue; // preempted for an older sequence
+      const n = Math.min(s.tokens.length - s.numComputed, budget);
+      let ok = this.kv.ensureCapacity(s.kvSeqId, s.numComputed + n);
+      while (!ok) {
+        // Preempt the newest running sequence that is not already in this step.
+        let victim: SeqState | undefined;
+        for (let i = this.running.length - 1; i >= 0; i--) {
+          const c = this.running[i]!;
+          if (c !== s && !planned.has(c)) {
+            victim = c;
+            break;
+          }
+        }
+        if (!victim) break;
+        this.preempt(victim);
+        ok = this.kv.ensureCapacity(s.kvSeqId, s.numComputed + n);
+      }
+      if (!ok) {
+        this.preempt(s);
+        continue;
+      }
+      planned.add(s);
+      plan.push({ s, n });
+      budget -= n;
+    }
+    // 2. admit waiting sequences while budget, seats and blocks allow
+    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
+      const s = this.waiting[0]!;
+      const n = Math.min(s.tokens.length - s.numComputed, budget);
+      if (!this.kv.canAllocate(n)) break;
+      const kvSeqId = this.kv.createSequence();
+      if (!this.kv.ensureCapacity(kvSeqId, n)) {
+        this.kv.freeSequence(kvSeqId);
+        break;
+      }
+      this.waiting.shift();
+      s.kvSeqId = kvSeqId;
+      this.running.push(s);
+      plan.push({ s, n });
+      budget -= n;
+    }
+    if (plan.length === 0 && this.waiting.length > 0 && this.running.length === 0) {
+      // Nothing runs and the head of the queue cannot fit in an empty pool: it never will.
+      const s = this.waiting[0]!;
+      this.release(s);
+      this.failed.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error' });
+    }
+    return plan;
+  }
+}
+
+function remove<T>(arr: T[], x: T): void {
+  const i = arr.indexOf(x);
+  if (i >= 0) arr.splice(i, 1);
+}

@@ -1,0 +1,85 @@
+/**
+ * Loading a model directory into runnable parts: config -> checkpoint (lazy reader, validated
+ * against the weight manifest) -> dense runner (gateway units) + routed experts (in-process shard
+ * or the router's workers) + KV-cache manager + engine.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ServerError } from '../../../common/src/errors.js';
+import { Checkpoint } from '../../../model/src/checkpoint/checkpoint.js';
+import { parseModelConfig, type MoeModelConfig } from '../../../model/src/config.js';
+import type { MlaImpl } from '../../../model/src/graphs/attention.js';
+import { DEFAULT_RUNTIME, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
+import { validateCheckpoint } from '../../../model/src/weights.js';
+import { KvCacheManager } from '../../../kvcache/src/manager.js';
+import { ExpertShard } from '../../../../workers/src/shard.js';
+import { DenseRunner, type RoutedExperts } from './dense-runner.js';
+import { Engine } from './engine.js';
+
+export interface ModelDir {
+  readonly dir: string;
+  readonly cfg: MoeModelConfig;
+  readonly checkpoint: Checkpoint;
+}
+
+/** Reads config.json and opens the checkpoint (headers only), validating every tensor's presence and shape. */
+export function openModelDir(dir: string): ModelDir {
+  const configPath = path.join(dir, 'config.json');
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+  } catch (err) {
+    throw new ServerError('config_unsupported', `cannot read ${configPath}: ${(err as Error).message}`, { cause: err });
+  }
+  const cfg = parseModelConfig(raw);
+  const checkpoint = Checkpoint.open(dir);
+  validateCheckpoint(cfg, checkpoint);
+  return { dir, cfg, checkpoint };
+}
+
+/** Every routed expert of every MoE layer (the in-process shard). */
+export function allExperts(cfg: MoeModelConfig): Map<number, number[]> {
+  const m = new Map<number, number[]>();
+  for (const l of cfg.layers) if (l.mlp === 'moe') m.set(l.index, Array.from({ length: cfg.moe.nRoutedExperts }, (_, i) => i));
+  return m;
+}
+
+export interface LoadOptions {
+  readonly runtime: RuntimeOptions;
+  readonly mlaImpl: MlaImpl;
+  /** Longest prompt + output served. @defaultValue min(max_position_embeddings, 4096) */
+  readonly maxModelLen?: number;
+  /** KV-cache storage over all layers, bytes. @defaultValue 1 GiB */
+  readonly kvCacheBytes?: number;
+  /** Tokens per KV block. @defaultValue 16 */
+  readonly blockSize?: number;
+  readonly maxNumSeqs?: number;
+  readonly maxBatchedTokens?: number;
+  /** Routed experts elsewhere (the router's workers); default: an in-process shard of all experts. */
+  readonly experts?: RoutedExperts;
+}
+
+export interface LoadedModel extends ModelDir {
+  readonly runner: DenseRunner;
+  readonly experts: RoutedExperts;
+  readonly kv: KvCacheManager;
+  readonly engine: Engine;
+  readonly maxModelLen: number;
+}
+
+export const DEFAULT_LOAD: LoadOptions = Object.freeze({ runtime: DEFAULT_RUNTIME, mlaImpl: 'absorbed' });
+
+export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): Promise<LoadedModel> {
+  const md = openModelDir(dir);
+  const { cfg, checkpoint } = md;
+  const maxModelLen = Math.min(opts.maxModelLen ?? Math.min(cfg.maxPositionEmbeddings, 4096), cfg.maxPositionEmbeddings);
+  const runner = await DenseRunner.load(cfg, checkpoint, { runtime: opts.runtime, mlaImpl: opts.mlaImpl, maxPositions: maxModelLen });
+  const experts = opts.experts ?? (await ExpertShard.load(cfg, checkpoint, allExperts(cfg), opts.runtime));
+  const kv = KvCacheManager.forModel(cfg, { blockSize: opts.blockSize ?? 16, budgetBytes: opts.kvCacheBytes ?? 1 << 30 });
+  const engine = new Engine(cfg, runner, experts, kv, {
+    maxNumSeqs: opts.maxNumSeqs ?? 64,
+    maxBatchedTokens: opts.maxBatchedTokens ?? 512,
+    maxModelLen,
+  });
+  return { ...md, runner, experts, kv, engine, maxModelLen };
+}

@@ -1,0 +1,52 @@
+/**
+ * moeserve command line: the only place that reads argv and the environment. Each command parses
+ * its flags into a frozen options object and passes it down explicitly.
+ *
+ *   moeserve generate --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) [--max-tokens 16] [--json] ...
+ *   moeserve make-checkpoint --preset NAME --out DIR [--set key=value ...]
+ *   moeserve serve --model DIR ...          (the OpenAI-compatible server)
+ *   moeserve worker --model DIR --experts SPEC --port P   (an expert worker)
+ */
+import { toServerError } from './common/src/errors.js';
+
+const USAGE = `usage: moeserve <command> [flags]
+
+commands:
+  generate          generate from a checkpoint (moeserve generate --help)
+  make-checkpoint   write a seeded random Hugging Face checkpoint from a preset
+  serve             serve the OpenAI API
+  worker            run an expert worker
+`;
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'generate':
+        await (await import('./cli/generate.js')).generateCommand(rest, env);
+        break;
+      case 'make-checkpoint':
+        await (await import('./cli/make-checkpoint.js')).makeCheckpointCommand(rest, env);
+        break;
+      case 'serve':
+        await (await import('./cli/serve.js')).serveCommand(rest, env);
+        break;
+      case 'worker':
+        await (await import('./cli/worker.js')).workerCommand(rest, env);
+        break;
+      case undefined:
+      case '-h':
+      case '--help':
+        process.stdout.write(USAGE);
+        break;
+      default:
+        process.stderr.write(`moeserve: unknown command "${command}"\n${USAGE}`);
+        process.exitCode = 2;
+    }
+  } catch (err) {
+    const e = toServerError(err);
+    process.stderr.write(`moeserve ${command}: error [${e.code}]: ${e.message}\n`);
+    if (e.code === 'internal' && e.stack) process.stderr.write(`${e.stack}\n`);
+    process.exitCode = 1;
+  }
+}
