@@ -80,6 +80,17 @@ interface LayerUnits {
 
 const MASKED = -1e30;
 
+export const PROFILE_UNITS = ['embed', 'kv_gather', 'mask', 'attention', 'kv_write', 'gating', 'experts', 'shared', 'dense_mlp', 'residual', 'lm_head'] as const;
+export type ProfileUnit = (typeof PROFILE_UNITS)[number];
+
+/** Cumulative wall milliseconds per unit; enabled by setting `DenseRunner.profile` (off by default). */
+export class StepProfile {
+  readonly ms: Record<ProfileUnit, number> = Object.fromEntries(PROFILE_UNITS.map((u) => [u, 0])) as Record<ProfileUnit, number>;
+  reset(): void {
+    for (const u of PROFILE_UNITS) this.ms[u] = 0;
+  }
+}
+
 /** A grow-only Float32Array (reused across steps: avoid GC on the per-step path). */
 class Grow {
   buf = new Float32Array(0);
@@ -105,6 +116,26 @@ export class DenseRunner {
   private readonly past = new Grow();
   private readonly mask = new Grow();
   private readonly headIn = new Grow();
+  /**
+   * Routed rows per (MoE layer, expert) since start: float64 [numLayers, X] (dense layers stay 0).
+   * Counted after gating on every step, for /metrics (load balance). Never reset.
+   */
+  readonly expertRows: Float64Array;
+  /** Steps and routed (token, expert) rows counted into expertRows. */
+  routedSteps = 0;
+  /** When set, forward() accumulates per-unit wall time here (benchmarks only). */
+  profile: StepProfile | null = null;
+  private t0 = 0;
+  private tick(): void {
+    if (this.profile) this.t0 = performance.now();
+  }
+  private tock(unit: ProfileUnit): void {
+    if (this.profile) {
+      const now = performance.now();
+      this.profile.ms[unit] += now - this.t0;
+      this.t0 = now;
+    }
+  }
 
   private constructor(
     readonly cfg: MoeModelConfig,
@@ -116,6 +147,7 @@ export class DenseRunner {
     this.rope = new RopeTable(cfg.rope, maxPositions);
     this.gate = new GateScratch(cfg.moe);
     this.E = cacheRowElements(cfg);
+    this.expertRows = new Float64Array(cfg.numLayers * cfg.moe.nRoutedExperts);
   }
 
   static async load(cfg: MoeModelConfig, ws: WeightSource, opts: DenseRunnerOptions): Promise<DenseRunner> {
@@ -192,7 +224,9 @@ export class DenseRunner {
       }
     }
     const hidden = this.hidden.take(N * H);
+    this.tick();
     hidden.set((await this.embed.run({ ids: i64(ids, [N]) }, ['hidden'])).hidden!.data);
+    this.tock('embed');
     const xNorm = this.xNorm.take(N * H);
     const cos = this.cos.take(N * F);
     const sin = this.sin.take(N * F);
@@ -216,11 +250,18 @@ export class DenseRunner {
       }
       // ---- MLP / MoE over all rows
       if (!isMoe) {
+        this.tick();
         const y = (await unit.dense!.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
+        this.tock('dense_mlp');
         for (let i = 0; i < N * H; i++) hidden[i] += y[i]!;
+        this.tock('residual');
         continue;
       }
+      this.tick();
       route(cfg.moe, routerLogits, N, unit.correctionBias, routeIds, routeWeights, this.gate);
+      const rowsBase = l * X;
+      for (let i = 0; i < N * A; i++) this.expertRows[rowsBase + routeIds[i]!]++;
+      this.tock('gating');
       if (trace) trace.layers.push({ layer: l, ids: routeIds.slice(), weights: routeWeights.slice() });
       const routed = this.routedOut.take(N * H);
       // Routed experts go out first; shared experts run while they are in flight.
@@ -229,11 +270,16 @@ export class DenseRunner {
       if (unit.shared) {
         // Guard the shared run so a routed failure is not left unobserved while it computes.
         pending.catch(() => undefined);
+        this.tick();
         shared = (await unit.shared.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
+        this.tock('shared');
       }
+      this.tick();
       await pending;
+      this.tock('experts');
       if (shared) for (let i = 0; i < N * H; i++) hidden[i] += shared[i]! + routed[i]!;
       else for (let i = 0; i < N * H; i++) hidden[i] += routed[i]!;
+      this.tock('residual');
     }
 
     // ---- final norm + LM head on the positions that sample
@@ -255,8 +301,11 @@ export class DenseRunner {
         const first = rowStart[s]! + q.tokens.length - n;
         headIn.set(hidden.subarray(first * H, (first + n) * H), logitRow[s]! * H);
       }
+      this.tick();
       logits = (await this.head.run({ hidden: f32(headIn, [S, H]) }, ['logits'])).logits!.data;
+      this.tock('lm_head');
     }
+    this.routedSteps++;
     return { logits, logitRow, rowStart, routing: trace };
   }
 
@@ -288,6 +337,7 @@ export class DenseRunner {
     const n = B * T;
 
     // past [B, P, E] from the KV pool
+    this.tick();
     const past = this.past.take(B * P * E);
     if (P > 0) {
       if (!kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
@@ -299,6 +349,7 @@ export class DenseRunner {
       });
       kv.gather(layer, seqIds, B, lens, P, past);
     }
+    this.tock('kv_gather');
     // mask [B, T, L]: past key j visible if j < pastLen; new key P + j' visible if j' <= t; windows
     const mask = this.mask.take(B * T * L);
     mask.fill(MASKED);
@@ -312,6 +363,7 @@ export class DenseRunner {
         for (let j = 0; j <= t; j++) if (pl + j >= lo) mask[rowBase + P + j] = 0;
       }
     }
+    this.tock('mask');
     const feeds = {
       hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
       cos: f32(cos.subarray(first * F, (first + n) * F), [n, F]),
@@ -321,6 +373,7 @@ export class DenseRunner {
     };
     const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
     const res = await session.run(feeds, outs);
+    this.tock('attention');
     hidden.set(res.hidden_out!.data, first * H);
     xNorm.set(res.x_norm!.data, first * H);
     if (routerLogits) routerLogits.set(res.router_logits!.data, first * X);
@@ -331,5 +384,6 @@ export class DenseRunner {
         if (q.kvSeqId >= 0) kv.writeRows(layer, q.kvSeqId, q.pastLen, kvNew, b * T, T);
       }
     }
+    this.tock('kv_write');
   }
 }
