@@ -27,16 +27,23 @@ export function parseIntList(s: string, flag: string): number[] {
   return out;
 }
 
-/** A one-line progress bar on stderr (make-checkpoint, demo model). */
-export function progressBar(label: string): (done: number, total: number) => void {
+/** A progress bar on stderr: redrawn in place on a terminal, a line per quarter otherwise (logs). */
+export function progressBar(label: string, stream: NodeJS.WriteStream = process.stderr): (done: number, total: number) => void {
   let last = -1;
+  const tty = stream.isTTY === true;
   return (done, total) => {
     const pct = total > 0 ? Math.floor((done / total) * 100) : 100;
-    if (pct === last) return;
-    last = pct;
+    const step = tty ? pct : Math.floor(pct / 25) * 25;
+    if (step === last) return;
+    last = step;
+    const mib = `${(done / 2 ** 20).toFixed(0)}/${(total / 2 ** 20).toFixed(0)} MiB`;
+    if (!tty) {
+      stream.write(`${label} ${step}% ${mib}\n`);
+      return;
+    }
     const width = 30;
     const filled = Math.round((pct / 100) * width);
-    process.stderr.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct}% ${(done / 2 ** 20).toFixed(0)}/${(total / 2 ** 20).toFixed(0)} MiB`);
-    if (done >= total) process.stderr.write('\n');
+    stream.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct}% ${mib}`);
+    if (done >= total) stream.write('\n');
   };
 }
