@@ -26,6 +26,11 @@ import { GateScratch, route } from '../../../../router/src/gating.js';
 /** Routed-expert execution for one MoE layer (see workers/src/shard.ts for the contract). */
 export interface RoutedExperts {
   forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void>;
+  /**
+   * true when the experts compute on this thread (the in-process shard): nothing can overlap, so
+   * the runner awaits them before the shared experts (and the profile attributes time correctly).
+   */
+  readonly inProcess?: boolean;
 }
 
 /** The KV cache as the attention path sees it (implemented by services/kvcache). */
@@ -266,6 +271,11 @@ export class DenseRunner {
       const routed = this.routedOut.take(N * H);
       // Routed experts go out first; shared experts run while they are in flight.
       const pending = experts.forward(l, xNorm, N, routeIds, routeWeights, A, routed);
+      if (experts.inProcess) {
+        this.tick();
+        await pending;
+        this.tock('experts');
+      }
       let shared: Float32Array | null = null;
       if (unit.shared) {
         // Guard the shared run so a routed failure is not left unobserved while it computes.

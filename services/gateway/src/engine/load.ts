@@ -74,7 +74,11 @@ export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): 
   const { cfg, checkpoint } = md;
   const maxModelLen = Math.min(opts.maxModelLen ?? Math.min(cfg.maxPositionEmbeddings, 4096), cfg.maxPositionEmbeddings);
   const runner = await DenseRunner.load(cfg, checkpoint, { runtime: opts.runtime, mlaImpl: opts.mlaImpl, maxPositions: maxModelLen });
-  const experts = opts.experts ?? (await ExpertShard.load(cfg, checkpoint, allExperts(cfg), opts.runtime));
+  let experts = opts.experts;
+  if (!experts) {
+    const shard = await ExpertShard.load(cfg, checkpoint, allExperts(cfg), opts.runtime);
+    experts = { inProcess: true, forward: (l, x, n, ids, w, k, out) => shard.forward(l, x, n, ids, w, k, out) };
+  }
   const kv = KvCacheManager.forModel(cfg, { blockSize: opts.blockSize ?? 16, budgetBytes: opts.kvCacheBytes ?? 1 << 30 });
   const engine = new Engine(cfg, runner, experts, kv, {
     maxNumSeqs: opts.maxNumSeqs ?? 64,
