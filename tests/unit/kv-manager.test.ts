@@ -164,6 +164,12 @@ describe('KvCacheManager token counts and stats', () => {
       tokensStored: 5,
       tokensCapacity: 44,
       sequences: 1,
+      blocksCachedFree: 0,
+      prefixPoolQueryTokens: 0,
+      prefixPoolHitTokens: 0,
+      prefixRedisQueryTokens: 0,
+      prefixRedisHitTokens: 0,
+      redis: null,
     });
   });
 

@@ -47,6 +47,8 @@ export class BlockPool {
   private readonly hashes: Float64Array;
   private readonly cachedByHash = new Map<number, number>();
   private free: number;
+  /** Free blocks that still hold a hash (findable, evicted by allocate). */
+  private cachedFree = 0;
   private evicted = 0;
 
   /**
@@ -137,6 +139,11 @@ export class BlockPool {
     return this.cachedByHash.size;
   }
 
+  /** Free blocks that still hold a cached hash: reusable by a prefix hit until evicted. */
+  get numCachedFree(): number {
+    return this.cachedFree;
+  }
+
   /** Cached blocks handed out again by allocate since construction or reset. */
   get evictions(): number {
     return this.evicted;
@@ -156,6 +163,7 @@ export class BlockPool {
       // not NaN: a free cached block is reused, so its content is no longer findable
       this.cachedByHash.delete(this.hashes[id]);
       this.hashes[id] = NaN;
+      this.cachedFree--;
       this.evicted++;
     }
     return id;
@@ -171,6 +179,7 @@ export class BlockPool {
     if (this.refCounts[id] === 0) {
       if (this.hashes[id] !== this.hashes[id]) throw new ServerError('internal', `BlockPool.incRef: block ${id} is free and not cached`);
       this.unlink(id);
+      this.cachedFree--;
     }
     this.refCounts[id]++;
   }
@@ -184,7 +193,10 @@ export class BlockPool {
     const rc = this.refCounts[id];
     if (rc <= 0) throw new ServerError('internal', `BlockPool.decRef: block ${id} is already free`);
     this.refCounts[id] = rc - 1;
-    if (rc === 1) this.pushTail(id);
+    if (rc === 1) {
+      this.pushTail(id);
+      if (this.hashes[id] === this.hashes[id]) this.cachedFree++;
+    }
   }
 
   refCount(id: number): number {
@@ -245,6 +257,7 @@ export class BlockPool {
     this.hashes.fill(NaN);
     this.cachedByHash.clear();
     this.free = n;
+    this.cachedFree = 0;
     this.evicted = 0;
   }
 
