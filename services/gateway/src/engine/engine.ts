@@ -12,22 +12,14 @@
  * goes back to the front of the queue to be recomputed later (output unchanged) — never a
  * deadlock and never a silent truncation.
  */
-import { ServerError } from '../../../common/src/errors.js';
+import { ServerError, type ErrorCode } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
 import { createSamplerScratch, SequenceSampler, type SamplerScratch, type SamplingParams } from '../sampling/sampler.js';
-import { topLogprobs, tokenLogprob } from '../sampling/logprobs.js';
-import type { DenseRunner, ForwardSeq, KvStore, RoutedExperts } from './dense-runner.js';
+import { logSumExp, topLogprobs, tokenLogprob } from '../sampling/logprobs.js';
+import { NO_SEQUENCE, type KvCacheManager } from '../../../kvcache/src/manager.js';
+import type { PrefixMatch } from '../../../kvcache/src/types.js';
+import type { DenseRunner, ForwardResult, ForwardSeq, RoutedExperts } from './dense-runner.js';
 
-/** What the engine needs of the KV-cache manager (services/kvcache implements it). */
-export interface KvManager extends KvStore {
-  createSequence(): number;
-  /** Ensures slots for numTokens tokens in total; all-or-nothing. */
-  ensureCapacity(seqId: number, numTokens: number): boolean;
-  /** Records that n more tokens of the sequence are now stored. */
-  advance(seqId: number, n: number): void;
-  freeSequence(seqId: number): void;
-  canAllocate(numTokens: number): boolean;
-}
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
 
@@ -46,6 +38,8 @@ export interface EngineRequest {
   readonly promptLogprobs: number | null;
   /** Keep the full logits of the last prompt position (CLI --json). */
   readonly captureLastPromptLogits?: boolean;
+  /** Per-tenant prefix-cache salt (vLLM `cache_salt`): prefixes are shared only under the same salt. */
+  readonly cacheSalt?: string | null;
 }
 
 export interface TokenLogprobs {
@@ -64,7 +58,20 @@ export interface StepEvent {
   readonly promptLogprobs: TokenLogprobs[] | null;
   readonly lastPromptLogits: Float32Array | null;
   readonly finishReason: FinishReason | null;
+  /** Why the sequence ended, when finishReason is 'error' (e.g. experts_unavailable -> HTTP 503). */
+  readonly error?: { readonly code: ErrorCode; readonly message: string };
 }
+
+/**
+ * Failures of the routed experts (a worker lost with no replica, a deadline missed): they end the
+ * step's sequences with an error, and the engine goes on (a worker that comes back serves the next
+ * step). Any other error from forward is a bug and propagates.
+ */
+const ROUTED_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['experts_unavailable', 'deadline_exceeded']);
+
+/** Shared by every top-0 logprobs result: length 0, so nothing can be written through them. */
+const NO_IDS = new Int32Array(0);
+const NO_LOGPROBS = new Float32Array(0);
 
 interface SeqState {
   readonly id: number;
@@ -79,6 +86,9 @@ interface SeqState {
   sampler: SequenceSampler;
   readonly stop: Set<number>;
   promptLogprobs: TokenLogprobs[] | null;
+  readonly salt: string | null;
+  /** Chain hashes of the prompt's full blocks, computed once (prefix caching). */
+  hashes: Float64Array | undefined;
 }
 
 export interface EngineOptions {
@@ -88,6 +98,8 @@ export interface EngineOptions {
   readonly maxBatchedTokens: number;
   /** Longest prompt + output. @defaultValue the model's max_position_embeddings */
   readonly maxModelLen: number;
+  /** Reuse cached KV blocks of identical prefixes (chained block hashes). @defaultValue true */
+  readonly prefixCaching?: boolean;
 }
 
 export class Engine {
@@ -100,6 +112,7 @@ export class Engine {
   preemptions = 0;
   /** Sequences ended by the scheduler itself (they can never fit), reported by the next step. */
   private readonly failed: StepEvent[] = [];
+  private readonly prefixCaching: boolean;
   /** One vocab-sized scratch for every sampler: sequences are sampled one at a time. */
   private readonly samplerScratch: SamplerScratch;
 
@@ -107,10 +120,11 @@ export class Engine {
     readonly cfg: MoeModelConfig,
     private readonly runner: DenseRunner,
     private readonly experts: RoutedExperts,
-    private readonly kv: KvManager,
+    private readonly kv: KvCacheManager,
     readonly opts: EngineOptions,
   ) {
     this.samplerScratch = createSamplerScratch(cfg.vocabSize);
+    this.prefixCaching = opts.prefixCaching ?? true;
   }
 
   get numRunning(): number {
@@ -146,6 +160,8 @@ export class Engine {
       sampler: new SequenceSampler(req.sampling, V, req.promptIds, this.samplerScratch),
       stop: new Set(req.stopTokenIds),
       promptLogprobs: req.promptLogprobs !== null ? [] : null,
+      salt: req.cacheSalt ?? null,
+      hashes: undefined,
     };
     this.seqs.set(id, s);
     this.waiting.push(s);
@@ -195,7 +211,18 @@ export class Engine {
         logits: wantAll ? 'all' : finishesPrompt ? 'last' : 'none',
       };
     });
-    const res = await this.runner.forward(fwd, this.kv, this.experts);
+    let res: ForwardResult;
+    try {
+      res = await this.runner.forward(fwd, this.kv, this.experts);
+    } catch (err) {
+      if (!(err instanceof ServerError) || !ROUTED_FAILURES.has(err.code)) throw err;
+      // KV rows this step wrote past numComputed belong to these sequences and are freed with them.
+      const error = { code: err.code, message: err.message };
+      return plan.map(({ s }) => {
+        this.release(s);
+        return { seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error' as const, error };
+      });
+    }
     const V = this.cfg.vocabSize;
     const events: StepEvent[] = [];
     for (let i = 0; i < plan.length; i++) {
@@ -204,6 +231,8 @@ export class Engine {
       const start = s.numComputed;
       s.numComputed += n;
       this.kv.advance(s.kvSeqId, n);
+      // Newly filled blocks become findable by later requests (and by this one after a preemption).
+      if (this.prefixCaching) this.kv.commitFullBlocks(s.kvSeqId, s.tokens, s.salt);
       if (f.logits === 'none') {
         events.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: null });
         continue;
@@ -240,11 +269,30 @@ export class Engine {
     return events;
   }
 
+  /**
+   * The token's logprob and the top-N: one log-sum-exp pass shared by both (an O(V) pass each
+   * otherwise). The arrays are the event's own (they leave the thread with it); with N = 0 all
+   * events share one pair of empty arrays.
+   */
   private logprobsOf(logits: Float32Array, tokenId: number, topN: number): TokenLogprobs {
+    const lse = logSumExp(logits);
+    if (topN <= 0) return { logprob: tokenLogprob(logits, tokenId, lse), topIds: NO_IDS, topLogprobs: NO_LOGPROBS };
     const ids = new Int32Array(topN);
     const lps = new Float32Array(topN);
-    if (topN > 0) topLogprobs(logits, topN, ids, lps);
-    return { logprob: tokenLogprob(logits, tokenId), topIds: ids, topLogprobs: lps };
+    topLogprobs(logits, topN, ids, lps, lse);
+    return { logprob: tokenLogprob(logits, tokenId, lse), topIds: ids, topLogprobs: lps };
+  }
+
+  /**
+   * The cached prefix a waiting sequence can start from. None when prefix caching is off or the
+   * request needs logits at prompt positions (echo logprobs, CLI --json): matched positions are
+   * never recomputed, so they would have none (vLLM skips the cache for prompt logprobs too).
+   */
+  private matchFor(s: SeqState): PrefixMatch {
+    const needsPromptLogits = s.generated === 0 && (s.req.promptLogprobs !== null || s.req.captureLastPromptLogits === true);
+    if (!this.prefixCaching || needsPromptLogits) return this.kv.matchPrefix(s.tokens, 0, s.salt);
+    s.hashes = this.kv.prefixHashes(s.tokens, s.tokens.length, s.salt, s.hashes);
+    return this.kv.matchPrefix(s.tokens, s.tokens.length, s.salt, s.hashes);
   }
 
   /** Picks this step's (sequence, token count) pairs and makes sure their KV slots exist. */
@@ -285,18 +333,24 @@ export class Engine {
     // 2. admit waiting sequences while budget, seats and blocks allow
     while (budget > 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
       const s = this.waiting[0]!;
-      const n = Math.min(s.tokens.length - s.numComputed, budget);
-      if (!this.kv.canAllocate(n)) break;
-      const kvSeqId = this.kv.createSequence();
-      if (!this.kv.ensureCapacity(kvSeqId, n)) {
+      const len = s.tokens.length;
+      const match = this.matchFor(s);
+      const n = Math.min(len - match.numTokens, budget);
+      const kvSeqId = this.kv.createSequenceWithPrefix(match, match.numTokens + n);
+      if (kvSeqId === NO_SEQUENCE) break;
+      // The manager's count is authoritative: a match can only shrink between match and admission.
+      s.numComputed = this.kv.numTokens(kvSeqId);
+      const chunk = Math.min(len - s.numComputed, budget);
+      if (!this.kv.ensureCapacity(kvSeqId, s.numComputed + chunk)) {
         this.kv.freeSequence(kvSeqId);
+        s.numComputed = 0;
         break;
       }
       this.waiting.shift();
       s.kvSeqId = kvSeqId;
       this.running.push(s);
-      plan.push({ s, n });
-      budget -= n;
+      plan.push({ s, n: chunk });
+      budget -= chunk;
     }
     if (plan.length === 0 && this.waiting.length > 0 && this.running.length === 0) {
       // Nothing runs and the head of the queue cannot fit in an empty pool: it never will.

@@ -55,6 +55,8 @@ export interface LoadOptions {
   readonly blockSize?: number;
   readonly maxNumSeqs?: number;
   readonly maxBatchedTokens?: number;
+  /** Reuse KV blocks of identical prefixes. @defaultValue true */
+  readonly prefixCaching?: boolean;
   /** Routed experts elsewhere (the router's workers); default: an in-process shard of all experts. */
   readonly experts?: RoutedExperts;
 }
@@ -84,6 +86,7 @@ export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): 
     maxNumSeqs: opts.maxNumSeqs ?? 64,
     maxBatchedTokens: opts.maxBatchedTokens ?? 512,
     maxModelLen,
+    prefixCaching: opts.prefixCaching ?? true,
   });
   return { ...md, runner, experts, kv, engine, maxModelLen };
 }
