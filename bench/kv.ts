@@ -8,7 +8,7 @@
  * (b) Reuse: time to first token for a request whose 1k-token prefix is cached — in the pool, and
  *     in the Redis tier (a fresh engine, empty pool) — divided by the cold TTFT, in the same run.
  *
- * Usage: npm run bench:kv [-- --budget-mib 256] [--model dsv2-perf] [--reps 3]
+ * Usage: npm run bench:kv [-- --budget-mib 1024] [--model dsv2-perf] [--reps 3]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
@@ -30,7 +30,7 @@ const arg = (name: string, dflt: string) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1]! : dflt;
 };
-const BUDGET = Number(arg('--budget-mib', '256')) * 2 ** 20;
+const BUDGET = Number(arg('--budget-mib', '1024')) * 2 ** 20;
 const PRESET = arg('--model', 'dsv2-perf');
 const REPS = Number(arg('--reps', '3'));
 const SEQ_LEN = 1024;
