@@ -9,8 +9,10 @@
 import { parseArgs } from 'node:util';
 import { ServerError } from '../common/src/errors.js';
 import { generateCached, generateRecompute, routingJson, type GenerateParams } from '../gateway/src/engine/generate.js';
-import { loadModel } from '../gateway/src/engine/load.js';
+import { loadModel, openModelDir } from '../gateway/src/engine/load.js';
+import { startTopology, TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags, type Topology } from '../../router/index.js';
 import { validateSamplingParams } from '../gateway/src/sampling/params.js';
+import type { RuntimeOptions } from '../model/src/runtime/onnx.js';
 import { TextTokenizer } from '../gateway/src/tokenizer/tokenizer.js';
 import { ensureDemoModel } from './demo-model.js';
 import { parseIntList, runtimeFromFlags, RUNTIME_FLAGS } from './flags.js';
@@ -30,7 +32,8 @@ const HELP = `usage: moeserve generate --model DIR (--prompt-ids 1,2,3 | --promp
   --device cpu|cuda      execution provider (default cpu; cuda falls back to cpu)
   --mla naive|absorbed   MLA attention form (default absorbed)
   --threads N            ONNX Runtime intra-op threads (default 1)
-`;
+expert workers (the output is the same as in one process):
+${TOPOLOGY_HELP}`;
 
 export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const { values } = parseArgs({
@@ -52,6 +55,7 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
       'no-cache': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
       ...RUNTIME_FLAGS,
+      ...TOPOLOGY_FLAGS,
     },
     strict: true,
   });
@@ -71,8 +75,33 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
   const maxTokens = Number(values['max-tokens']);
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new ServerError('invalid_request', `--max-tokens must be a positive integer, got ${values['max-tokens']}`);
 
-  const runtime = runtimeFromFlags(values, (msg, level) => process.stderr.write(`[${level}] ${msg}\n`));
-  const model = await loadModel(dir, { runtime, mlaImpl: (values.mla as 'naive' | 'absorbed') ?? 'absorbed' });
+  const log = (msg: string, level: string) => process.stderr.write(`[${level}] ${msg}\n`);
+  const runtime = runtimeFromFlags(values, log);
+  const topoOpts = topologyFromFlags(values, dir, runtime, log);
+  let topology: Topology | null = null;
+  if (topoOpts.workers > 0 || topoOpts.workerAddrs) {
+    const md = openModelDir(dir);
+    md.checkpoint.close();
+    topology = await startTopology(md.cfg, topoOpts);
+    log(topology.description, 'info');
+  }
+  try {
+    await runGenerate(dir, values, idPrompts, textPrompts, maxTokens, runtime, topology);
+  } finally {
+    await topology?.close();
+  }
+}
+
+async function runGenerate(
+  dir: string,
+  values: { mla?: string; temperature?: string; 'top-p'?: string; 'top-k'?: string; 'min-p'?: string; seed?: string; json?: boolean; routing?: boolean; 'stop-at-eos'?: boolean; 'no-cache'?: boolean },
+  idPrompts: number[][],
+  textPrompts: string[],
+  maxTokens: number,
+  runtime: RuntimeOptions,
+  topology: Topology | null,
+): Promise<void> {
+  const model = await loadModel(dir, { runtime, mlaImpl: (values.mla as 'naive' | 'absorbed') ?? 'absorbed', experts: topology?.experts });
   const tokenizer = textPrompts.length > 0 || !values.json ? TextTokenizer.fromDir(dir) : null;
   const prompts = [...idPrompts, ...textPrompts.map((t) => tokenizer!.encode(t))];
   const num = (s: string | undefined) => (s === undefined ? undefined : Number(s));
@@ -86,6 +115,11 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
   const results = values['no-cache']
     ? await generateRecompute(model.cfg, model.runner, model.experts, prompts, params)
     : await generateCached(model.engine, prompts, params);
+  if (results.some((r) => r.finish_reason === 'error')) {
+    // Routed-expert failures carry their message; the engine's only other error end is a sequence
+    // that can never fit in the KV cache.
+    throw topology?.lastError() ?? new ServerError('resource_exhausted', 'a sequence ended with an error: it cannot fit in the KV cache');
+  }
 
   for (let i = 0; i < results.length; i++) {
     const r = results[i]!;

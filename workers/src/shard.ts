@@ -60,6 +60,12 @@ export class ExpertShard {
     return shard;
   }
 
+  /** The execution provider the sessions actually run on ('cuda' falls back to 'cpu' at load). */
+  get sessionDevice(): string {
+    for (const s of this.layers.values()) return s.session.device;
+    return this.device;
+  }
+
   /** Layers and experts held. */
   held(): ShardExperts {
     const m = new Map<number, readonly number[]>();
