@@ -1,47 +1,101 @@
 /**
- * The engine thread: loads the model and runs Engine.step() in a loop while there is work,
- * posting each step's events to the main thread. Started by EngineHost (host.ts) through
- * services/common/src/ts-entry.mjs.
+ * The engine thread: loads the model (and, with workers, the router's topology), runs
+ * Engine.step() in a loop while there is work, and posts each step's events to the main thread.
+ * Started by EngineHost (host.ts) through services/common/src/ts-entry.mjs.
  */
 import { parentPort } from 'node:worker_threads';
 import { toServerError } from '../../../common/src/errors.js';
-import type { Engine } from './engine.js';
-import { loadModel, type LoadedModel } from './load.js';
-import type { FromEngine, ThreadEvent, ToEngine } from './thread-protocol.js';
+import { startTopology, type Topology } from '../../../../router/index.js';
+import type { RoutedExperts } from './dense-runner.js';
+import type { Engine, StepEvent } from './engine.js';
+import { loadModel, openModelDir, type LoadedModel } from './load.js';
+import type { FromEngine, RoutingLoadSnapshot, SerializedLoadOptions, ThreadEvent, ToEngine } from './thread-protocol.js';
 
 const port = parentPort;
 if (!port) throw new Error('engine-thread must run in a worker thread');
 
 let model: LoadedModel | null = null;
 let engine: Engine | null = null;
+let topology: Topology | null = null;
+let workerRows: LayerWorkerRows | null = null;
 const hostIdOf = new Map<number, number>(); // engine seq id -> host id
 const seqIdOf = new Map<number, number>(); // host id -> engine seq id
 let looping = false;
+/** A step is in flight (its forward awaits ONNX Runtime); aborts wait for its end. */
+let stepping = false;
+const pendingAborts: number[] = [];
 let steps = 0;
 let stepSeconds = 0;
+/** Counts last posted to the host (it bounds its waiting queue with them). */
+let postedRunning = -1;
+let postedWaiting = -1;
 const post = (m: FromEngine) => port.postMessage(m);
+const log = (message: string, level: 'info' | 'warn' | 'error') => post({ type: 'log', level, message });
 
 port.on('message', (msg: ToEngine) => {
   void handle(msg).catch((err) => post({ type: 'fatal', message: toServerError(err).message }));
 });
 
+/**
+ * Token rows per (MoE layer, worker) for the router's topologies. The router keeps the last
+ * call's rows per worker for each layer; each MoE layer is one forward call per step, so adding
+ * them up after every call that succeeded gives per-layer totals (a call that failed over counts
+ * its last round only; the router's own per-worker totals count every round).
+ */
+class LayerWorkerRows implements RoutedExperts {
+  /** float64 [numLayers, W] (dense layers stay 0). */
+  readonly rows: Float64Array;
+  constructor(
+    private readonly inner: RoutedExperts,
+    private readonly topo: Topology,
+    numLayers: number,
+  ) {
+    this.rows = new Float64Array(numLayers * topo.workers.length);
+  }
+  async forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void> {
+    await this.inner.forward(layer, x, numRows, ids, weights, k, out);
+    const W = this.topo.workers.length;
+    const last = this.topo.stats.lastPerWorker;
+    for (let w = 0; w < W; w++) this.rows[layer * W + w] += last[layer * W + w]!;
+  }
+}
+
+async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
+  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
+  let experts: RoutedExperts | undefined;
+  if (o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0)) {
+    const md = openModelDir(modelDir);
+    md.checkpoint.close();
+    topology = await startTopology(md.cfg, { ...o.experts, modelDir, runtime, log });
+    workerRows = new LayerWorkerRows(topology.experts, topology, md.cfg.numLayers);
+    experts = workerRows;
+    log(topology.description, 'info');
+  }
+  try {
+    model = await loadModel(modelDir, {
+      runtime,
+      mlaImpl: o.mlaImpl,
+      maxModelLen: o.maxModelLen,
+      kvCacheBytes: o.kvCacheBytes,
+      blockSize: o.blockSize,
+      maxNumSeqs: o.maxNumSeqs,
+      maxBatchedTokens: o.maxBatchedTokens,
+      prefixCaching: o.prefixCaching,
+      experts,
+    });
+  } catch (err) {
+    await topology?.close().catch(() => undefined); // no orphaned workers when the load fails
+    throw err;
+  }
+  engine = model.engine;
+  post({ type: 'ready', cfg: model.cfg, maxModelLen: model.maxModelLen, maxNumSeqs: model.engine.opts.maxNumSeqs, kv: model.kv.stats(), topology: topology?.description ?? 'experts in-process' });
+}
+
 async function handle(msg: ToEngine): Promise<void> {
   switch (msg.type) {
-    case 'init': {
-      const o = msg.options;
-      model = await loadModel(msg.modelDir, {
-        runtime: { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads },
-        mlaImpl: o.mlaImpl,
-        maxModelLen: o.maxModelLen,
-        kvCacheBytes: o.kvCacheBytes,
-        blockSize: o.blockSize,
-        maxNumSeqs: o.maxNumSeqs,
-        maxBatchedTokens: o.maxBatchedTokens,
-      });
-      engine = model.engine;
-      post({ type: 'ready', cfg: model.cfg, maxModelLen: model.maxModelLen });
+    case 'init':
+      await init(msg.modelDir, msg.options);
       return;
-    }
     case 'add': {
       if (!engine) throw new Error('engine not initialized');
       try {
@@ -58,27 +112,66 @@ async function handle(msg: ToEngine): Promise<void> {
     }
     case 'abort': {
       const seqId = seqIdOf.get(msg.id);
-      if (seqId !== undefined && engine) {
+      if (seqId === undefined || !engine) return;
+      forget(seqId); // its events from now on are dropped
+      // Messages are handled while a step awaits ONNX Runtime: freeing the sequence's KV blocks
+      // then would pull them from under the step. Between steps, it is freed at once.
+      if (stepping) pendingAborts.push(seqId);
+      else {
         engine.abort(seqId);
-        forget(seqId);
+        postCounts([]);
       }
       return;
     }
     case 'stats': {
       if (!engine || !model) return;
-      post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), steps, stepSeconds } });
+      post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), steps, stepSeconds, routing: routingSnapshot(model) } });
       return;
     }
     case 'shutdown':
+      await topology?.close().catch(() => undefined);
       model?.checkpoint.close();
       process.exit(0);
   }
+}
+
+/** Rows per expert from the dense runner (every topology), rows per worker from the router. */
+function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
+  const X = m.cfg.moe.nRoutedExperts;
+  const A = m.cfg.moe.nActivatedExperts;
+  const layers = m.cfg.layers.filter((l) => l.mlp === 'moe').map((l) => l.index);
+  const rows = m.runner.expertRows;
+  const expertRows = layers.map((l) => Array.from(rows.subarray(l * X, (l + 1) * X)));
+  if (!topology || !workerRows) {
+    // In-process: every token row of a layer goes to the one local shard (each row picks A experts).
+    return { topology: 'in-process', layers, expertRows, workers: ['local'], workerRows: expertRows.map((r) => [r.reduce((a, b) => a + b, 0) / A]) };
+  }
+  const W = topology.workers.length;
+  const wr = workerRows.rows;
+  return {
+    topology: topology.kind,
+    layers,
+    expertRows,
+    workers: topology.workers.map((w) => `w${w.index}`),
+    workerRows: layers.map((l) => Array.from(wr.subarray(l * W, (l + 1) * W))),
+  };
 }
 
 function forget(seqId: number): void {
   const hostId = hostIdOf.get(seqId);
   hostIdOf.delete(seqId);
   if (hostId !== undefined) seqIdOf.delete(hostId);
+}
+
+/** Posts the step's events, and the engine's counts whenever they changed (the host's queue bound). */
+function postCounts(events: ThreadEvent[]): void {
+  if (!engine) return;
+  const running = engine.numRunning;
+  const waiting = engine.numWaiting;
+  if (events.length === 0 && running === postedRunning && waiting === postedWaiting) return;
+  postedRunning = running;
+  postedWaiting = waiting;
+  post({ type: 'events', events, running, waiting });
 }
 
 /** Runs steps until the engine is idle; new messages are handled between steps. */
@@ -92,18 +185,25 @@ async function loop(): Promise<void> {
   try {
     while (engine && engine.hasWork()) {
       const t0 = performance.now();
-      const events = await engine.step();
+      stepping = true;
+      let events: StepEvent[];
+      try {
+        events = await engine.step();
+      } finally {
+        stepping = false;
+      }
       stepSeconds += (performance.now() - t0) / 1000;
       steps++;
+      for (const seqId of pendingAborts.splice(0)) engine.abort(seqId);
       const out: ThreadEvent[] = [];
       for (const ev of events) {
         const id = hostIdOf.get(ev.seqId);
         if (id === undefined) continue; // aborted meanwhile
         if (ev.tokenId < 0 && !ev.finishReason) continue; // a prefill chunk: nothing to report
-        out.push({ id, tokenId: ev.tokenId, logprobs: ev.logprobs, promptLogprobs: ev.promptLogprobs, finishReason: ev.finishReason });
+        out.push(ev.error ? { id, tokenId: ev.tokenId, logprobs: ev.logprobs, promptLogprobs: ev.promptLogprobs, finishReason: ev.finishReason, error: ev.error } : { id, tokenId: ev.tokenId, logprobs: ev.logprobs, promptLogprobs: ev.promptLogprobs, finishReason: ev.finishReason });
         if (ev.finishReason) forget(ev.seqId);
       }
-      if (out.length > 0) post({ type: 'events', events: out });
+      postCounts(out);
       // Let queued messages (adds, aborts) in before the next step.
       await new Promise<void>((r) => setImmediate(r));
     }

@@ -6,12 +6,21 @@
  *
  * main -> engine: init (model dir + load options), add (a request, keyed by the host's id),
  *                 abort (host id), stats, shutdown
- * engine -> main: ready (model facts), events (one batch per step, keyed by host id),
- *                 rejected (an add that failed validation), stats, fatal
+ * engine -> main: ready (model facts), events (one batch per step, keyed by host id, with the
+ *                 engine's running / waiting counts after the step), rejected (an add that failed
+ *                 validation), stats, log (topology messages for the main thread's logger), fatal
  */
 import type { ErrorCode } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
+import type { KvStats } from '../../../kvcache/src/manager.js';
+import type { TopologyOptions } from '../../../../router/src/topology.js';
 import type { EngineRequest, FinishReason, TokenLogprobs } from './engine.js';
+
+/**
+ * Where the routed experts run, as plain data (what survives postMessage): the router's
+ * TopologyOptions less the model dir, runtime and logger, which the engine thread supplies.
+ */
+export type SerializedTopology = Omit<TopologyOptions, 'modelDir' | 'runtime' | 'log'>;
 
 export interface SerializedLoadOptions {
   readonly device: 'cpu' | 'cuda';
@@ -23,8 +32,10 @@ export interface SerializedLoadOptions {
   readonly blockSize?: number;
   readonly maxNumSeqs?: number;
   readonly maxBatchedTokens?: number;
-  /** Expert topology, interpreted by the engine thread (router/). */
-  readonly experts?: unknown;
+  /** Reuse KV blocks of identical prompt prefixes. @defaultValue true */
+  readonly prefixCaching?: boolean;
+  /** Expert workers (router/ topology, started by the engine thread); absent or null = in-process experts. */
+  readonly experts?: SerializedTopology | null;
 }
 
 export type ToEngine =
@@ -41,22 +52,45 @@ export interface ThreadEvent {
   readonly logprobs: TokenLogprobs | null;
   readonly promptLogprobs: TokenLogprobs[] | null;
   readonly finishReason: FinishReason | null;
+  /** Why the sequence ended, when finishReason is 'error' (experts_unavailable -> HTTP 503). */
   readonly error?: { code: ErrorCode; message: string };
+}
+
+/**
+ * Routed load per MoE layer since start, for /metrics (rows per expert, rows per worker,
+ * balancedness). Letters: M MoE layers, X routed experts, W workers.
+ */
+export interface RoutingLoadSnapshot {
+  /** 'in-process' (one worker named "local"), or the router's 'local' / 'remote' workers. */
+  readonly topology: 'in-process' | 'local' | 'remote';
+  /** The model's MoE layer indices, ascending: [M]. */
+  readonly layers: readonly number[];
+  /** Cumulative (token, expert) pairs: [M][X]. */
+  readonly expertRows: readonly (readonly number[])[];
+  /** Worker names: ["local"] in-process, else w0, w1, ... */
+  readonly workers: readonly string[];
+  /**
+   * Cumulative token rows sent to each worker: [M][W]. A token row goes to each worker holding
+   * at least one of its experts; in-process every row goes to "local".
+   */
+  readonly workerRows: readonly (readonly number[])[];
 }
 
 export interface EngineStatsSnapshot {
   readonly running: number;
   readonly waiting: number;
   readonly preemptions: number;
-  readonly kv: import('../../../kvcache/src/manager.js').KvStats;
+  readonly kv: KvStats;
   /** Step counters since start. */
   readonly steps: number;
   readonly stepSeconds: number;
+  readonly routing: RoutingLoadSnapshot;
 }
 
 export type FromEngine =
-  | { type: 'ready'; cfg: MoeModelConfig; maxModelLen: number }
-  | { type: 'events'; events: ThreadEvent[] }
+  | { type: 'ready'; cfg: MoeModelConfig; maxModelLen: number; maxNumSeqs: number; kv: KvStats; topology: string }
+  | { type: 'events'; events: ThreadEvent[]; running: number; waiting: number }
   | { type: 'rejected'; id: number; code: ErrorCode; message: string; param?: string }
   | { type: 'stats'; stats: EngineStatsSnapshot }
+  | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }
   | { type: 'fatal'; message: string };

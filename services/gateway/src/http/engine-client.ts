@@ -1,0 +1,34 @@
+/**
+ * What the HTTP layer needs of the engine: EngineHost (engine/host.ts) implements it, with the
+ * engine on its own thread so that no request handler ever waits on ONNX Runtime.
+ */
+import type { ServerError } from '../../../common/src/errors.js';
+import type { EngineRequest } from '../engine/engine.js';
+import type { EngineStatsSnapshot, ThreadEvent } from '../engine/thread-protocol.js';
+
+export interface EngineClient {
+  /** Queues one sequence; events arrive until one carries a finishReason. Returns its id. */
+  submit(request: EngineRequest, onEvent: (ev: ThreadEvent) => void, onReject: (e: ServerError) => void): number;
+  /** Ends a sequence now; its KV blocks are freed at once. */
+  abort(id: number): void;
+  stats(): Promise<EngineStatsSnapshot>;
+  /** Sequences running as of the engine's last step. */
+  readonly numRunning: number;
+  /** Sequences submitted and not admitted yet. */
+  readonly numQueued: number;
+  readonly healthy: boolean;
+}
+
+/** Model facts the HTTP layer validates against. */
+export interface ModelFacts {
+  /** Width of the model's logits: token ids must be below it. */
+  readonly vocabSize: number;
+  /** Longest prompt + output. */
+  readonly maxModelLen: number;
+  /** Sequences the engine runs at once. */
+  readonly maxNumSeqs: number;
+  /** Ids that end generation unless ignore_eos (tokenizer's EOS and generation_config's, and the model config's). */
+  readonly eosTokenIds: readonly number[];
+  /** Unix seconds the server started (GET /v1/models `created`). */
+  readonly created: number;
+}

@@ -1,0 +1,46 @@
+/**
+ * The HTTP edge's options: validated once at boot, frozen, passed down explicitly.
+ */
+import { ServerError } from '../../../common/src/errors.js';
+
+export interface HttpOptions {
+  /** The name clients send as `model` and GET /v1/models lists. */
+  readonly servedModelName: string;
+  /** Bearer key required on every route but GET /health and GET /metrics; null = open. @defaultValue null */
+  readonly apiKey: string | null;
+  /**
+   * Sequences (prompts × n) that may wait for a seat beyond the running ones; a request that
+   * would push the waiting queue past it gets 429. @defaultValue 256
+   */
+  readonly maxWaiting: number;
+  /** Deadline of one generation request from arrival to its last token, ms; 0 = none. @defaultValue 0 */
+  readonly requestTimeoutMs: number;
+  /** Log prompt text / token ids and chat messages (info level). Off: never logged. @defaultValue false */
+  readonly logPrompts: boolean;
+  /** Largest request body, bytes. @defaultValue 32 MiB */
+  readonly bodyLimit: number;
+  /** How long /metrics waits for the engine's stats before serving the last values, ms. @defaultValue 2000 */
+  readonly statsTimeoutMs: number;
+}
+
+export const DEFAULT_HTTP_OPTIONS: Omit<HttpOptions, 'servedModelName'> = Object.freeze({
+  apiKey: null,
+  maxWaiting: 256,
+  requestTimeoutMs: 0,
+  logPrompts: false,
+  bodyLimit: 32 * 2 ** 20,
+  statsTimeoutMs: 2000,
+});
+
+/** Fills defaults, checks values, freezes. */
+export function httpOptions(o: Partial<HttpOptions> & { servedModelName: string }): HttpOptions {
+  const out: HttpOptions = { ...DEFAULT_HTTP_OPTIONS, ...o };
+  const bad = (name: string, v: unknown) => new ServerError('invalid_request', `${name} is invalid: ${JSON.stringify(v)}`, { param: name });
+  if (out.servedModelName.length === 0) throw bad('servedModelName', out.servedModelName);
+  if (out.apiKey !== null && out.apiKey.length === 0) throw bad('apiKey', '(empty)');
+  if (!Number.isInteger(out.maxWaiting) || out.maxWaiting < 0) throw bad('maxWaiting', out.maxWaiting);
+  if (!Number.isFinite(out.requestTimeoutMs) || out.requestTimeoutMs < 0) throw bad('requestTimeoutMs', out.requestTimeoutMs);
+  if (!Number.isInteger(out.bodyLimit) || out.bodyLimit < 1024) throw bad('bodyLimit', out.bodyLimit);
+  if (!Number.isFinite(out.statsTimeoutMs) || out.statsTimeoutMs <= 0) throw bad('statsTimeoutMs', out.statsTimeoutMs);
+  return Object.freeze(out);
+}
