@@ -27,6 +27,10 @@ const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-
   --kv-cache-bytes N           KV-cache budget over all layers, e.g. 1GiB, 512MiB (default 1GiB)
   --block-size N               tokens per KV block (default 16)
   --no-enable-prefix-caching   recompute every prompt (prefix caching is on by default)
+  --kv-redis URL               shared KV tier in Redis (e.g. redis://127.0.0.1:6379): full blocks are written
+                               there and prefixes missing from the pool are looked up before recomputing (off by default)
+  --kv-redis-ttl S             lifetime of a block in the tier, seconds (default 3600)
+  --kv-redis-max-bytes N       bytes this model may write to the tier per TTL window, e.g. 2GiB (default 1GiB)
   --request-timeout S          per-request deadline in seconds, 0 = none (default 0)
   --shutdown-grace S           on SIGTERM, time requests in flight get to finish (default 10)
   --log-prompts                log prompt text / ids (never logged otherwise)
@@ -71,6 +75,9 @@ export async function serveCommand(argv: string[], env: NodeJS.ProcessEnv): Prom
       'kv-cache-bytes': { type: 'string', default: '1GiB' },
       'block-size': { type: 'string', default: '16' },
       'no-enable-prefix-caching': { type: 'boolean', default: false },
+      'kv-redis': { type: 'string' },
+      'kv-redis-ttl': { type: 'string', default: '3600' },
+      'kv-redis-max-bytes': { type: 'string', default: '1GiB' },
       'request-timeout': { type: 'string', default: '0' },
       'shutdown-grace': { type: 'string', default: '10' },
       'log-prompts': { type: 'boolean', default: false },
@@ -126,6 +133,9 @@ export async function serveCommand(argv: string[], env: NodeJS.ProcessEnv): Prom
         maxBatchedTokens: positiveInt(values['max-num-batched-tokens'], '--max-num-batched-tokens'),
         prefixCaching: !values['no-enable-prefix-caching'],
         experts: experts.workers > 0 || experts.workerAddrs ? experts : null,
+        kvRedis: values['kv-redis']
+          ? { url: values['kv-redis'], ttlMs: positiveInt(values['kv-redis-ttl'], '--kv-redis-ttl')! * 1000, maxBytes: parseBytes(values['kv-redis-max-bytes'], '--kv-redis-max-bytes') }
+          : null,
       },
       shutdownGraceMs: graceS * 1000,
       randomWeights: values.demo,

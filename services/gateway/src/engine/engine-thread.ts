@@ -3,11 +3,15 @@
  * Engine.step() in a loop while there is work, and posts each step's events to the main thread.
  * Started by EngineHost (host.ts) through services/common/src/ts-entry.mjs.
  */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { toServerError } from '../../../common/src/errors.js';
 import { startTopology, type Topology } from '../../../../router/index.js';
 import type { RoutedExperts } from './dense-runner.js';
 import type { Engine, StepEvent } from './engine.js';
+import { RedisKvTier } from '../../../kvcache/src/redis-tier.js';
 import { loadModel, openModelDir, type LoadedModel } from './load.js';
 import type { FromEngine, RoutingLoadSnapshot, SerializedLoadOptions, ThreadEvent, ToEngine } from './thread-protocol.js';
 
@@ -18,6 +22,9 @@ let model: LoadedModel | null = null;
 let engine: Engine | null = null;
 let topology: Topology | null = null;
 let workerRows: LayerWorkerRows | null = null;
+let tier: RedisKvTier | null = null;
+/** Host ids whose prompt is being looked up in the Redis tier (not yet in the engine). */
+const prefetching = new Set<number>();
 const hostIdOf = new Map<number, number>(); // engine seq id -> host id
 const seqIdOf = new Map<number, number>(); // host id -> engine seq id
 let looping = false;
@@ -88,6 +95,16 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     throw err;
   }
   engine = model.engine;
+  if (o.kvRedis) {
+    tier = new RedisKvTier(model.kv, {
+      url: o.kvRedis.url,
+      modelId: modelIdentity(modelDir),
+      ttlMs: o.kvRedis.ttlMs,
+      maxBytes: o.kvRedis.maxBytes,
+      logger: { warn: (_obj, msg) => log(`kv-redis: ${msg}`, 'warn'), info: (_obj, msg) => log(`kv-redis: ${msg}`, 'info') },
+    });
+    log(`kv-redis: shared KV tier at ${o.kvRedis.url} (fingerprint ${tier.fingerprint})`, 'info');
+  }
   post({ type: 'ready', cfg: model.cfg, maxModelLen: model.maxModelLen, maxNumSeqs: model.engine.opts.maxNumSeqs, kv: model.kv.stats(), topology: topology?.description ?? 'experts in-process' });
 }
 
@@ -98,6 +115,15 @@ async function handle(msg: ToEngine): Promise<void> {
       return;
     case 'add': {
       if (!engine) throw new Error('engine not initialized');
+      const r = msg.request;
+      if (tier && r.promptLogprobs === null && !r.captureLastPromptLogits) {
+        // A prefix missing from the pool is looked up in the shared tier first (bounded wait;
+        // a Redis that is down or slow yields no hit, never an error). The request joins the
+        // engine afterwards, unless it was aborted meanwhile.
+        prefetching.add(msg.id);
+        await tier.prefetch(r.promptIds, r.promptIds.length, r.cacheSalt ?? null);
+        if (!prefetching.delete(msg.id)) return;
+      }
       try {
         const seqId = engine.add(msg.request);
         hostIdOf.set(seqId, msg.id);
@@ -111,6 +137,7 @@ async function handle(msg: ToEngine): Promise<void> {
       return;
     }
     case 'abort': {
+      if (prefetching.delete(msg.id)) return; // still in the tier lookup: it never joins
       const seqId = seqIdOf.get(msg.id);
       if (seqId === undefined || !engine) return;
       forget(seqId); // its events from now on are dropped
@@ -129,6 +156,7 @@ async function handle(msg: ToEngine): Promise<void> {
       return;
     }
     case 'shutdown':
+      await tier?.close().catch(() => undefined);
       await topology?.close().catch(() => undefined);
       model?.checkpoint.close();
       process.exit(0);
@@ -155,6 +183,28 @@ function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
     workers: topology.workers.map((w) => `w${w.index}`),
     workerRows: layers.map((l) => Array.from(wr.subarray(l * W, (l + 1) * W))),
   };
+}
+
+/**
+ * The model's identity in Redis keys: config.json, and each weight file's name, size and first
+ * 64 KiB (header + the first tensor bytes), so two checkpoints of one config with different
+ * weights never share cached blocks.
+ */
+function modelIdentity(dir: string): string {
+  const h = createHash('sha256');
+  h.update(fs.readFileSync(path.join(dir, 'config.json')));
+  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.safetensors')).sort()) {
+    const p = path.join(dir, f);
+    const fd = fs.openSync(p, 'r');
+    try {
+      const buf = Buffer.alloc(65536);
+      const n = fs.readSync(fd, buf, 0, buf.length, 0);
+      h.update(`${f}:${fs.fstatSync(fd).size}:`).update(buf.subarray(0, n));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return h.digest('hex').slice(0, 32);
 }
 
 function forget(seqId: number): void {

@@ -36,6 +36,8 @@ export interface SerializedLoadOptions {
   readonly prefixCaching?: boolean;
   /** Expert workers (router/ topology, started by the engine thread); absent or null = in-process experts. */
   readonly experts?: SerializedTopology | null;
+  /** The shared KV tier in Redis (services/kvcache/src/redis-tier.ts); absent or null = off. */
+  readonly kvRedis?: { readonly url: string; readonly ttlMs?: number; readonly maxBytes?: number } | null;
 }
 
 export type ToEngine =

@@ -34,6 +34,9 @@ export class ServerMetrics implements RunObserver {
   private readonly preemptions: Counter;
   private readonly prefixQueries: Counter;
   private readonly prefixHits: Counter;
+  private readonly redisQueries: Counter;
+  private readonly redisHits: Counter;
+  private readonly redisErrors: Counter;
   private readonly promptTokensTotal: Counter;
   private readonly generationTokensTotal: Counter;
   private readonly success: Counter;
@@ -63,10 +66,13 @@ export class ServerMetrics implements RunObserver {
     this.kvUsage = gauge('kv_cache_usage_perc', 'KV-cache usage: used blocks / all blocks (1 = full).');
     this.kvBytesPerToken = gauge('kv_cache_bytes_per_token', 'KV-cache bytes per token over all layers (the layout: GQA K+V or MLA latent).');
     this.kvBytes = gauge('kv_cache_bytes', 'KV-cache bytes, used and total.', ['state']);
-    this.kvBlocks = gauge('kv_cache_blocks', 'KV-cache blocks, used and total.', ['state']);
+    this.kvBlocks = gauge('kv_cache_blocks', 'KV-cache blocks: used, cached_free (free but still holding a reusable prefix) and total.', ['state']);
     this.preemptions = counter('num_preemptions_total', 'Sequences preempted (KV blocks freed, recomputed later).');
     this.prefixQueries = counter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache.');
     this.prefixHits = counter('prefix_cache_hits_total', 'Prompt tokens found in the prefix cache (their KV reused, not recomputed).');
+    this.redisQueries = counter('kv_redis_queries_total', 'Prompt tokens missing from the pool and looked up in the shared Redis tier.');
+    this.redisHits = counter('kv_redis_hits_total', 'Prompt tokens the shared Redis tier returned (installed into the pool, not recomputed).');
+    this.redisErrors = counter('kv_redis_errors_total', 'Redis tier commands that failed or timed out (requests then recompute).');
     this.promptTokensTotal = counter('prompt_tokens_total', 'Prompt tokens submitted (per sequence).');
     this.generationTokensTotal = counter('generation_tokens_total', 'Tokens generated.');
     this.success = counter('request_success_total', 'Sequences finished, by finish reason.', ['finished_reason']);
@@ -136,11 +142,15 @@ export class ServerMetrics implements RunObserver {
     this.kvBytes.set({ state: 'total' }, s.kv.bytesTotal);
     this.kvBlocks.set({ state: 'used' }, s.kv.blocksUsed);
     this.kvBlocks.set({ state: 'total' }, s.kv.blocksTotal);
+    this.kvBlocks.set({ state: 'cached_free' }, s.kv.blocksCachedFree);
     // Counters read from the engine are set to its totals (they only grow).
     for (const [c, v] of [
       [this.preemptions, s.preemptions],
       [this.prefixQueries, s.kv.prefixPoolQueryTokens],
       [this.prefixHits, s.kv.prefixPoolHitTokens],
+      [this.redisQueries, s.kv.prefixRedisQueryTokens],
+      [this.redisHits, s.kv.prefixRedisHitTokens],
+      [this.redisErrors, s.kv.redis?.errors ?? 0],
     ] as const) {
       c.reset();
       c.inc(v);
