@@ -106,3 +106,38 @@ describe('preemption when the pool runs dry', () => {
     });
   }
 });
+
+describe('copy-on-write: the n samples of one request share the prompt', () => {
+  for (const fixture of ['mixtral-tiny', 'deepseek-v2-tiny'] as FixtureName[]) {
+    it(`${fixture}: 4 seeded samples share the prompt's full blocks and equal independent runs`, async () => {
+      const p33 = loadExpected(fixture).prompts.len33.input_ids;
+      const sample = (i: number, shareKey: string | null): EngineRequest => ({
+        ...request(p33, 8),
+        sampling: { ...DEFAULT_SAMPLING, temperature: 0.9, seed: 40 + i },
+        shareKey,
+      });
+      // prefix caching off: any sharing seen here is the fork's
+      const m = await loadModel(fixtureDir(fixture), { runtime: DEFAULT_RUNTIME, mlaImpl: 'absorbed', blockSize: 4, kvCacheBytes: 4 << 20, prefixCaching: false });
+      const ids = [0, 1, 2, 3].map((i) => m.engine.add(sample(i, 'req-1:0')));
+      const out = new Map<number, number[]>(ids.map((id) => [id, []]));
+      let events = await m.engine.step(); // the leader's prefill; every sample gets its first token
+      expect(events.filter((e) => e.tokenId >= 0).map((e) => e.seqId).sort()).toEqual([...ids].sort());
+      // 33 tokens in blocks of 4: the leader's 9 blocks, and one private copy of the partial block each
+      expect(m.kv.stats().blocksUsed).toBe(9 + 3);
+      const pending = new Set(ids);
+      for (;;) {
+        for (const ev of events) {
+          if (ev.tokenId >= 0) out.get(ev.seqId)!.push(ev.tokenId);
+          if (ev.finishReason) pending.delete(ev.seqId);
+        }
+        if (pending.size === 0) break;
+        events = await m.engine.step();
+      }
+      expect(m.kv.stats().blocksUsed).toBe(0);
+      const independent = await run(m.engine, [0, 1, 2, 3].map((i) => sample(i, null)));
+      expect(ids.map((id) => out.get(id)!)).toEqual(independent);
+      expect(new Set(independent.map((o) => o.join(','))).size).toBeGreaterThan(1); // seeds differ
+      m.checkpoint.close();
+    });
+  }
+});

@@ -40,6 +40,12 @@ export interface EngineRequest {
   readonly captureLastPromptLogits?: boolean;
   /** Per-tenant prefix-cache salt (vLLM `cache_salt`): prefixes are shared only under the same salt. */
   readonly cacheSalt?: string | null;
+  /**
+   * Requests with the same key are samples of one prompt (OpenAI `n`): the first is prefilled,
+   * the others are forked from it copy-on-write when its prompt is done (the prompt's KV blocks
+   * shared, not recomputed), each then sampling on its own. @defaultValue none
+   */
+  readonly shareKey?: string | null;
 }
 
 export interface TokenLogprobs {
@@ -87,6 +93,7 @@ interface SeqState {
   readonly stop: Set<number>;
   promptLogprobs: TokenLogprobs[] | null;
   readonly salt: string | null;
+  readonly shareKey: string | null;
   /** Chain hashes of the prompt's full blocks, computed once (prefix caching). */
   hashes: Float64Array | undefined;
 }
@@ -113,6 +120,8 @@ export class Engine {
   /** Sequences ended by the scheduler itself (they can never fit), reported by the next step. */
   private readonly failed: StepEvent[] = [];
   private readonly prefixCaching: boolean;
+  /** Samples of one prompt (shareKey): the leader prefills, the followers wait to be forked. */
+  private readonly groups = new Map<string, { leader: SeqState; followers: SeqState[] }>();
   /** One vocab-sized scratch for every sampler: sequences are sampled one at a time. */
   private readonly samplerScratch: SamplerScratch;
 
@@ -161,9 +170,18 @@ export class Engine {
       stop: new Set(req.stopTokenIds),
       promptLogprobs: req.promptLogprobs !== null ? [] : null,
       salt: req.cacheSalt ?? null,
+      shareKey: req.shareKey ?? null,
       hashes: undefined,
     };
     this.seqs.set(id, s);
+    if (s.shareKey !== null) {
+      const group = this.groups.get(s.shareKey);
+      if (group) {
+        group.followers.push(s); // forked from the leader when its prompt is done
+        return id;
+      }
+      this.groups.set(s.shareKey, { leader: s, followers: [] });
+    }
     this.waiting.push(s);
     return id;
   }
@@ -182,6 +200,45 @@ export class Engine {
     this.seqs.delete(s.id);
     remove(this.waiting, s);
     remove(this.running, s);
+    this.dissolveGroup(s);
+  }
+
+  /** A leader leaving before its prompt is done: its followers queue as sequences of their own. */
+  private dissolveGroup(s: SeqState): void {
+    if (s.shareKey === null) return;
+    const group = this.groups.get(s.shareKey);
+    if (!group) return;
+    if (group.leader === s) {
+      this.groups.delete(s.shareKey);
+      this.waiting.unshift(...group.followers.filter((f) => this.seqs.has(f.id)));
+    } else remove(group.followers, s);
+  }
+
+  /**
+   * The leader of a group just finished its prompt: fork every follower from it (its prompt KV
+   * shared copy-on-write) and sample their first tokens from the same logits. A follower that
+   * cannot be forked now (no seat, or no block for the partial last block) queues on its own; it
+   * will find the prompt's full blocks in the prefix cache.
+   */
+  private forkFollowers(leader: SeqState, logits: Float32Array, events: StepEvent[]): void {
+    const group = this.groups.get(leader.shareKey!);
+    if (!group || group.leader !== leader) return;
+    this.groups.delete(leader.shareKey!);
+    for (const f of group.followers) {
+      if (!this.seqs.has(f.id)) continue; // aborted while it waited
+      const child = this.running.length < this.opts.maxNumSeqs ? this.kv.forkSequence(leader.kvSeqId) : NO_SEQUENCE;
+      if (child === NO_SEQUENCE) {
+        this.waiting.push(f);
+        continue;
+      }
+      f.kvSeqId = child;
+      f.numComputed = this.kv.numTokens(child);
+      f.promptLogprobs = leader.promptLogprobs;
+      this.running.push(f);
+      const ev = this.sampleNext(f, logits);
+      events.push(ev);
+      if (ev.finishReason) this.release(f);
+    }
   }
 
   /** Frees a running sequence's blocks and puts it back at the front of the queue. */
@@ -253,20 +310,29 @@ export class Engine {
       }
       const logits = res.logits.subarray(lastRow * V, (lastRow + 1) * V);
       const firstToken = s.generated === 0;
-      const captured = firstToken && s.req.captureLastPromptLogits ? logits.slice() : null;
-      const tokenId = s.sampler.sample(logits);
-      const lp = s.req.logprobs !== null ? this.logprobsOf(logits, tokenId, s.req.logprobs) : null;
-      s.sampler.accept(tokenId);
-      s.tokens.push(tokenId);
-      s.generated++;
-      let finish: FinishReason | null = null;
-      if (s.stop.has(tokenId) && s.generated > (s.req.minTokens ?? 0)) finish = 'stop';
-      else if (s.generated >= s.req.maxTokens || s.tokens.length >= this.opts.maxModelLen) finish = 'length';
-      const promptLogprobs = firstToken && s.promptLogprobs ? s.promptLogprobs : null;
-      events.push({ seqId: s.id, tokenId, logprobs: lp, promptLogprobs, lastPromptLogits: captured, finishReason: finish });
-      if (finish) this.release(s);
+      const ev = this.sampleNext(s, logits);
+      // Followers fork from the leader's KV before the leader can be released (it may finish now).
+      if (firstToken && s.shareKey !== null) this.forkFollowers(s, logits, events);
+      events.push(ev);
+      if (ev.finishReason) this.release(s);
     }
     return events;
+  }
+
+  /** Samples the sequence's next token from `logits` [V]; releases it when it finishes. */
+  private sampleNext(s: SeqState, logits: Float32Array): StepEvent {
+    const firstToken = s.generated === 0;
+    const captured = firstToken && s.req.captureLastPromptLogits ? logits.slice() : null;
+    const tokenId = s.sampler.sample(logits);
+    const lp = s.req.logprobs !== null ? this.logprobsOf(logits, tokenId, s.req.logprobs) : null;
+    s.sampler.accept(tokenId);
+    s.tokens.push(tokenId);
+    s.generated++;
+    let finish: FinishReason | null = null;
+    if (s.stop.has(tokenId) && s.generated > (s.req.minTokens ?? 0)) finish = 'stop';
+    else if (s.generated >= s.req.maxTokens || s.tokens.length >= this.opts.maxModelLen) finish = 'length';
+    const promptLogprobs = firstToken && s.promptLogprobs ? s.promptLogprobs : null;
+    return { seqId: s.id, tokenId, logprobs: lp, promptLogprobs, lastPromptLogits: captured, finishReason: finish };
   }
 
   /**

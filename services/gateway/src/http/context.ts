@@ -48,6 +48,9 @@ export function checkModel(ctx: AppContext, model: string | null): void {
   }
 }
 
+/** Distinguishes the share keys of concurrent requests. */
+let shareCounter = 0;
+
 /**
  * Prompts × n -> one engine sequence each, in response order (choice index = prompt × n + i).
  * With a seed, choice i samples with seed + i (vLLM's rule): reproducible, and not n copies.
@@ -58,6 +61,7 @@ export function buildSpecs(ctx: AppContext, p: GenerationParams, prompts: readon
   for (const id of p.stopTokenIds) stops.add(id);
   const stopTokenIds = [...stops];
   const specs: SequenceSpec[] = [];
+  const requestKey = ++shareCounter;
   prompts.forEach((prompt, promptIndex) => {
     const len = prompt.ids.length;
     if (len === 0) throw invalid(promptParam, 'is empty (it encodes to no tokens)');
@@ -74,6 +78,8 @@ export function buildSpecs(ctx: AppContext, p: GenerationParams, prompts: readon
         logprobs: p.logprobs,
         promptLogprobs,
         cacheSalt: p.cacheSalt,
+        // the n samples of a prompt share its KV blocks (prefilled once, forked copy-on-write)
+        shareKey: p.n > 1 ? `${requestKey}:${promptIndex}` : null,
       };
       specs.push({ index: promptIndex * p.n + i, promptIndex, request });
     }
