@@ -25,7 +25,7 @@ import type { MoeModelConfig } from '../services/model/src/config.js';
 import { mhaEquivalentLayout } from '../services/kvcache/src/layout.js';
 import { DEFAULT_RUNTIME } from '../services/model/src/runtime/onnx.js';
 import { expectedTensors } from '../services/model/src/weights.js';
-import { ensurePerfModel, median, memcpyBandwidth, percentile, table } from './lib/perf-models.js';
+import { ensurePerfModel, median, memcpyBandwidth, table } from './lib/perf-models.js';
 
 const args = process.argv.slice(2);
 const stepsArg = args.indexOf('--steps');

@@ -2,7 +2,6 @@
  * Streaming: IncrementalDetokenizer (token ids -> final text deltas, text offsets) and
  * StopChecker (stop strings across deltas, held-back tails), alone and chained.
  */
-import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { IncrementalDetokenizer, StopChecker, TextTokenizer, findEarliestStop } from '../../services/gateway/src/tokenizer/index.js';
 

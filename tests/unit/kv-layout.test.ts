@@ -4,21 +4,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { ServerError, type ErrorCode } from '../../services/common/src/errors.js';
 import { kvElementsPerTokenPerLayer, parseModelConfig, type MoeModelConfig } from '../../services/model/src/config.js';
 import { gqaLayout, kvLayoutFor, mhaEquivalentLayout, mlaLayout } from '../../services/kvcache/src/layout.js';
-
-function expectServerError(fn: () => unknown, code: ErrorCode, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  expect((caught as ServerError).code).toBe(code);
-  expect((caught as ServerError).message).toMatch(message);
-}
+import { expectServerError } from '../helpers/errors.js';
 
 function goldenConfig(name: string): MoeModelConfig {
   const url = new URL(`../fixtures/golden/${name}/config.json`, import.meta.url);

@@ -5,11 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { ServerError, type ErrorCode } from '../../services/common/src/errors.js';
 import { parseModelConfig, type MoeModelConfig } from '../../services/model/src/config.js';
 import { kvLayoutFor, mlaLayout, type KvLayout } from '../../services/kvcache/src/layout.js';
 import { KvCacheManager } from '../../services/kvcache/src/manager.js';
 import { BlockPool } from '../../services/kvcache/src/pool.js';
+import { expectServerError } from '../helpers/errors.js';
 
 const BLOCK_SIZE = 4;
 
@@ -28,18 +28,6 @@ function makeManager(numBlocks = 11, layout: KvLayout = tinyLayout(), initialBlo
 }
 
 const table = (kv: KvCacheManager, seq: number) => Array.from(kv.blockTable(seq));
-
-function expectServerError(fn: () => unknown, code: ErrorCode, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  expect((caught as ServerError).code).toBe(code);
-  expect((caught as ServerError).message).toMatch(message);
-}
 
 describe('KvCacheManager sequences and block tables', () => {
   it('sequence ids count up and a released id is reused (last released first)', () => {

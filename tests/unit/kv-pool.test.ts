@@ -3,9 +3,9 @@
  * hits and evictions, byte-budget sizing.
  */
 import { describe, expect, it } from 'vitest';
-import { ServerError, type ErrorCode } from '../../services/common/src/errors.js';
 import { gqaLayout, mlaLayout, type KvLayout } from '../../services/kvcache/src/layout.js';
 import { BlockPool, NO_BLOCK } from '../../services/kvcache/src/pool.js';
+import { expectServerError } from '../helpers/errors.js';
 
 const NUM_BLOCKS = 11;
 const BLOCK_SIZE = 4;
@@ -23,18 +23,6 @@ function allocateN(pool: BlockPool, n: number): number[] {
   const ids: number[] = [];
   for (let i = 0; i < n; i++) ids.push(pool.allocate());
   return ids;
-}
-
-function expectServerError(fn: () => unknown, code: ErrorCode, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  expect((caught as ServerError).code).toBe(code);
-  expect((caught as ServerError).message).toMatch(message);
 }
 
 describe('BlockPool allocation', () => {

@@ -7,12 +7,12 @@
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { ServerError, type ErrorCode } from '../../services/common/src/errors.js';
 import { parseModelConfig } from '../../services/model/src/config.js';
 import { chainHashes, hashBlock, PREFIX_ROOT_HASH, rootHash } from '../../services/kvcache/src/hash.js';
 import { kvLayoutFor, type KvLayout } from '../../services/kvcache/src/layout.js';
 import { KvCacheManager, NO_SEQUENCE, type KvBlockPayload } from '../../services/kvcache/src/manager.js';
 import { BlockPool } from '../../services/kvcache/src/pool.js';
+import { expectServerError } from '../helpers/errors.js';
 
 const NUM_BLOCKS = 10;
 const BS = 4;
@@ -59,18 +59,6 @@ function readAll(kv: KvCacheManager, seq: number, n: number): Float32Array {
 const table = (kv: KvCacheManager, seq: number) => Array.from(kv.blockTable(seq));
 const refs = (kv: KvCacheManager, ids: number[]) => ids.map((id) => kv.pool.refCount(id));
 const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
-
-function expectServerError(fn: () => unknown, code: ErrorCode, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  expect((caught as ServerError).code).toBe(code);
-  expect((caught as ServerError).message).toMatch(message);
-}
 
 // A: 12 tokens = 3 full blocks. B shares A's first 8 tokens (2 blocks), then differs.
 const A = [11, 12, 13, 14, 21, 22, 23, 24, 31, 32, 33, 34];

@@ -11,13 +11,13 @@ import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ServerError, type ErrorCode } from '../../services/common/src/errors.js';
 import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
 import { bf16ToF32, f32ToBf16 } from '../../services/model/src/checkpoint/dtype.js';
 import { parseModelConfig } from '../../services/model/src/config.js';
 import { makeCheckpoint, parseSetArgs, PRESET_NAMES, type MakeCheckpointOptions } from '../../services/model/src/make-checkpoint.js';
 import { PRESETS } from '../../services/model/src/presets.js';
 import { validateCheckpoint } from '../../services/model/src/weights.js';
+import { expectServerError } from '../helpers/errors.js';
 
 const TINY = ['tiny-mixtral', 'tiny-qwen2-moe', 'tiny-qwen3-moe', 'tiny-dsv2', 'tiny-dsv2-grouped', 'tiny-dsv3'] as const;
 
@@ -42,18 +42,6 @@ const tensorSha = (dir: string, name: string) => {
     c.close();
   }
 };
-
-function expectServerError(fn: () => unknown, code: ErrorCode, ...patterns: RegExp[]): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  expect((caught as ServerError).code).toBe(code);
-  for (const p of patterns) expect((caught as ServerError).message).toMatch(p);
-}
 
 const TEXTS = ['Hello, world!', 'The quick brown fox jumps over 13 lazy dogs.', '  spaces\tand\nnewlines  ', 'naïve café — 東京'];
 

@@ -4,7 +4,7 @@
  * Logits are built from known probabilities (log p), so expected distributions are exact.
  */
 import { describe, expect, it } from 'vitest';
-import { ServerError } from '../../services/common/src/errors.js';
+import type { ErrorCode } from '../../services/common/src/errors.js';
 import {
   DEFAULT_SAMPLING,
   SequenceSampler,
@@ -19,6 +19,7 @@ import {
   type SamplingParamsInput,
 } from '../../services/gateway/src/sampling/index.js';
 import { selectNucleus, selectTopK } from '../../services/gateway/src/sampling/select.js';
+import { expectParamError } from '../helpers/errors.js';
 
 // ---------- factories ----------
 
@@ -53,20 +54,6 @@ function expectDistribution(h: Map<number, number>, draws: number, expected: Rea
     const se = Math.sqrt((p * (1 - p)) / draws);
     expect(Math.abs(freq - p), `token ${id}: freq ${freq} vs p ${p}`).toBeLessThanOrEqual(5 * se + 1e-9);
   }
-}
-
-function expectServerError(fn: () => unknown, code: string, param: string | undefined, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  const err = caught as ServerError;
-  expect(err.code).toBe(code);
-  expect(err.param).toBe(param);
-  expect(err.message).toMatch(message);
 }
 
 // ---------- validation ----------
@@ -106,7 +93,7 @@ describe('validateSamplingParams', () => {
     expect([...params({ logitBias: new Map([[7, 1]]) }).logitBias!]).toEqual([[7, 1]]);
   });
 
-  const rejected: { name: string; input: unknown; code: string; param: string; message: RegExp }[] = [
+  const rejected: { name: string; input: unknown; code: ErrorCode; param: string; message: RegExp }[] = [
     { name: 'BAD CALL - temperature = -0.1', input: { temperature: -0.1 }, code: 'invalid_request', param: 'temperature', message: /^temperature must be >= 0, got -0\.1$/ },
     { name: 'BAD CALL - temperature = NaN', input: { temperature: NaN }, code: 'invalid_request', param: 'temperature', message: /must be a finite number/ },
     { name: 'BAD CALL - temperature = "1"', input: { temperature: '1' }, code: 'invalid_request', param: 'temperature', message: /must be a finite number, got "1"/ },
@@ -127,7 +114,7 @@ describe('validateSamplingParams', () => {
   ];
   for (const c of rejected) {
     it(c.name, () => {
-      expectServerError(() => validateSamplingParams(c.input as SamplingParamsInput, 1000), c.code, c.param, c.message);
+      expectParamError(() => validateSamplingParams(c.input as SamplingParamsInput, 1000), c.code, c.param, c.message);
     });
   }
 });
@@ -373,11 +360,11 @@ describe('logit processing (exact values via processLogits)', () => {
   });
 
   it('BAD CALL - ids outside the vocab and mis-sized logits', () => {
-    expectServerError(() => new SequenceSampler(DEFAULT_SAMPLING, 10, [3, 10]), 'invalid_token_id', undefined, /prompt token id 10 is outside the vocabulary \[0, 10\)/);
+    expectParamError(() => new SequenceSampler(DEFAULT_SAMPLING, 10, [3, 10]), 'invalid_token_id', undefined, /prompt token id 10 is outside the vocabulary \[0, 10\)/);
     const s = new SequenceSampler(DEFAULT_SAMPLING, 10, []);
-    expectServerError(() => s.accept(-1), 'invalid_token_id', undefined, /token id -1/);
-    expectServerError(() => s.accept(2.5), 'invalid_token_id', undefined, /token id 2\.5/);
-    expectServerError(() => s.sample(new Float32Array(11)), 'internal', undefined, /logits have 11 entries, the sampler was built for 10/);
+    expectParamError(() => s.accept(-1), 'invalid_token_id', undefined, /token id -1/);
+    expectParamError(() => s.accept(2.5), 'invalid_token_id', undefined, /token id 2\.5/);
+    expectParamError(() => s.sample(new Float32Array(11)), 'internal', undefined, /logits have 11 entries, the sampler was built for 10/);
   });
 });
 

@@ -12,8 +12,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ServerError } from '../../services/common/src/errors.js';
 import { TextTokenizer } from '../../services/gateway/src/tokenizer/index.js';
+import { expectParamError } from '../helpers/errors.js';
 
 const GOLDEN = 'tests/fixtures/golden';
 const FIXTURES = ['mixtral-tiny', 'qwen2-moe-tiny', 'deepseek-v2-tiny'] as const;
@@ -26,19 +26,6 @@ interface Row {
   readonly decoded: string;
   readonly tokens?: readonly string[];
   readonly why?: string;
-}
-
-function expectServerError(fn: () => unknown, code: string, param: string | undefined, message: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(ServerError);
-  expect((caught as ServerError).code).toBe(code);
-  expect((caught as ServerError).param).toBe(param);
-  expect((caught as ServerError).message).toMatch(message);
 }
 
 function checkRows(tok: () => TextTokenizer, rows: readonly Row[], addSpecialTokens?: boolean): void {
@@ -160,9 +147,9 @@ describe('golden fixtures: special tokens and metadata', () => {
     const tok = TextTokenizer.fromDir(join(GOLDEN, 'qwen2-moe-tiny'));
     expect(tok.decode([464, 600, 263])).toBe('the the');
     expect(tok.decode([])).toBe('');
-    expectServerError(() => tok.decode([1, -1]), 'invalid_token_id', undefined, /token id -1 is not a valid token id/);
-    expectServerError(() => tok.decode([1.5]), 'invalid_token_id', undefined, /token id 1\.5/);
-    expectServerError(() => tok.validateIds([0, 511, 512]), 'invalid_token_id', 'prompt', /token id 512 is outside the vocabulary \[0, 512\)/);
+    expectParamError(() => tok.decode([1, -1]), 'invalid_token_id', undefined, /token id -1 is not a valid token id/);
+    expectParamError(() => tok.decode([1.5]), 'invalid_token_id', undefined, /token id 1\.5/);
+    expectParamError(() => tok.validateIds([0, 511, 512]), 'invalid_token_id', 'prompt', /token id 512 is outside the vocabulary \[0, 512\)/);
     expect(() => tok.validateIds([0, 511])).not.toThrow();
     expect(tok.isSpecialToken(511)).toBe(true);
     expect(tok.isSpecialToken(263)).toBe(false);
@@ -236,7 +223,7 @@ describe('chat templates of the fixtures', () => {
   it('BAD CALL - a checkpoint without chat_template', () => {
     const tok = TextTokenizer.fromFiles(join(GOLDEN, 'qwen2-moe-tiny', 'tokenizer.json'), null);
     expect(tok.hasChatTemplate).toBe(false);
-    expectServerError(() => tok.applyChatTemplate([{ role: 'user', content: 'hi' }], { addGenerationPrompt: true }), 'invalid_request', 'messages', /no chat template/);
+    expectParamError(() => tok.applyChatTemplate([{ role: 'user', content: 'hi' }], { addGenerationPrompt: true }), 'invalid_request', 'messages', /no chat template/);
   });
 
   it('EXPECTED FAILURE - the template raises (raise_exception)', () => {
@@ -244,7 +231,7 @@ describe('chat templates of the fixtures', () => {
       chat_template: "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with a user message') }}{% endif %}ok",
     });
     expect(tok.applyChatTemplate([{ role: 'user', content: 'x' }], { addGenerationPrompt: false })).toBe('ok');
-    expectServerError(
+    expectParamError(
       () => tok.applyChatTemplate([{ role: 'assistant', content: 'x' }], { addGenerationPrompt: false }),
       'invalid_request',
       'messages',
@@ -265,7 +252,7 @@ describe('chat templates of the fixtures', () => {
   });
 
   it('BAD CALL - fromDir on a folder without tokenizer.json', () => {
-    expectServerError(() => TextTokenizer.fromDir('tests/fixtures/no-such-checkpoint'), 'checkpoint_invalid', undefined, /cannot read .*tokenizer\.json/);
+    expectParamError(() => TextTokenizer.fromDir('tests/fixtures/no-such-checkpoint'), 'checkpoint_invalid', undefined, /cannot read .*tokenizer\.json/);
   });
 });
 

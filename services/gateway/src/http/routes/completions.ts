@@ -9,7 +9,7 @@ import type { TextTokenizer } from '../../tokenizer/tokenizer.js';
 import { buildSpecs, checkAccepting, checkModel, logFinished, logUnknownFields, startRun, usageOf, type AppContext, type Prompt } from '../context.js';
 import { asBody } from '../fields.js';
 import type { ChoiceRun } from '../generation.js';
-import { toJson, type JsonValue } from '../json.js';
+import { toJson } from '../json.js';
 import { appendCompletionToken, appendPromptTokens, emptyCompletionLogprobs, TokenLabels, type CompletionLogprobs } from '../logprobs.js';
 import { COMPLETION_FIELDS, parseCompletion } from '../requests.js';
 import { streamRun } from '../sse.js';
