@@ -543,29 +543,7 @@ export class KvCacheManager {
     if (!Number.isInteger(srcRowOffset) || srcRowOffset < 0 || (srcRowOffset + numRows) * ept > src.length) {
       throw new ServerError('internal', `KvCacheManager.writeRows: rows ${srcRowOffset}..${srcRowOffset + numRows} of ${ept} elements exceed src of ${src.length}`);
     }
-    const storage = this.pool.layers[layer];
-    const table = this.tables[seqId];
-    const bs = this.blockSize;
-    let pos = startPos;
-    let srcOff = srcRowOffset * ept;
-    let remaining = numRows;
-    while (remaining > 0) {
-      let bi = (pos / bs) | 0;
-      const slot = pos - bi * bs;
-      const first = table[bi];
-      let rows = bs - slot;
-      // extend over physically consecutive blocks: one copy per contiguous run
-      while (rows < remaining && table[bi + 1] === table[bi] + 1) {
-        bi++;
-        rows += bs;
-      }
-      if (rows > remaining) rows = remaining;
-      const len = rows * ept;
-      copyElements(storage, (first * bs + slot) * ept, src, srcOff, len);
-      pos += rows;
-      srcOff += len;
-      remaining -= rows;
-    }
+    this.copyRuns(this.pool.layers[layer], this.tables[seqId], startPos, numRows, src, srcRowOffset * ept, true);
   }
 
   /**
@@ -579,7 +557,7 @@ export class KvCacheManager {
     if (!Number.isInteger(outRowOffset) || outRowOffset < 0 || (outRowOffset + numRows) * ept > out.length) {
       throw new ServerError('internal', `KvCacheManager.readRows: rows ${outRowOffset}..${outRowOffset + numRows} of ${ept} elements exceed out of ${out.length}`);
     }
-    this.copyOut(this.pool.layers[layer], this.tables[seqId], startPos, numRows, out, outRowOffset * ept);
+    this.copyRuns(this.pool.layers[layer], this.tables[seqId], startPos, numRows, out, outRowOffset * ept, false);
   }
 
   /**
@@ -611,7 +589,7 @@ export class KvCacheManager {
     const seqStride = maxLen * ept;
     for (let b = 0; b < numSeqs; b++) {
       const seqId = seqIds[b];
-      this.copyOut(storage, this.tables[seqId], 0, lengths[b], out, b * seqStride);
+      this.copyRuns(storage, this.tables[seqId], 0, lengths[b], out, b * seqStride, false);
     }
   }
 
@@ -702,7 +680,12 @@ export class KvCacheManager {
     }
   }
 
-  private copyOut(storage: Float32Array, table: Int32Array, startPos: number, numRows: number, out: Float32Array, outOff: number): void {
+  /**
+   * Copies rows startPos..startPos+numRows of a block table between pool storage and a flat
+   * buffer (buf from element bufOff): into the pool when toPool, else out of it. One copy per run
+   * of physically consecutive blocks, one branch per run (not per element).
+   */
+  private copyRuns(storage: Float32Array, table: Int32Array, startPos: number, numRows: number, buf: Float32Array, bufOff: number, toPool: boolean): void {
     const bs = this.blockSize;
     const ept = this.elementsPerToken;
     let pos = startPos;
@@ -719,9 +702,11 @@ export class KvCacheManager {
       }
       if (rows > remaining) rows = remaining;
       const len = rows * ept;
-      copyElements(out, outOff, storage, (first * bs + slot) * ept, len);
+      const poolOff = (first * bs + slot) * ept;
+      if (toPool) copyElements(storage, poolOff, buf, bufOff, len);
+      else copyElements(buf, bufOff, storage, poolOff, len);
       pos += rows;
-      outOff += len;
+      bufOff += len;
       remaining -= rows;
     }
   }
