@@ -96,6 +96,61 @@ export class StepProfile {
   }
 }
 
+/**
+ * One attention group of a step: its sequences share one ONNX Runtime run per layer.
+ * B sequences, T query rows each, P past slots (the longest past), L = P + T; rows
+ * [first, first + n) of the step. Masks are built once per step per sliding window.
+ */
+interface GroupPlan {
+  readonly B: number;
+  readonly T: number;
+  readonly P: number;
+  readonly L: number;
+  readonly first: number;
+  readonly n: number;
+  readonly kvSeqIds: Int32Array;
+  readonly pastLens: Int32Array;
+  /** window (null = full attention) -> mask float32 [B, T, L] */
+  readonly masks: Map<number | null, Float32Array>;
+}
+
+function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowStart: Int32Array): GroupPlan {
+  const B = members.length;
+  const T = seqs[members[0]!]!.tokens.length; // decode group: 1; prefill group: B = 1
+  const kvSeqIds = new Int32Array(B);
+  const pastLens = new Int32Array(B);
+  let P = 0;
+  members.forEach((s, b) => {
+    kvSeqIds[b] = seqs[s]!.kvSeqId;
+    pastLens[b] = seqs[s]!.pastLen;
+    P = Math.max(P, seqs[s]!.pastLen);
+  });
+  return { B, T, P, L: P + T, first: rowStart[members[0]!]!, n: B * T, kvSeqIds, pastLens, masks: new Map() };
+}
+
+/**
+ * mask [B, T, L], additive: past key j is visible to query t of sequence b if j < pastLen[b];
+ * the step's key P + j' if j' <= t (causal); and with a sliding window only keys within it.
+ */
+function maskFor(g: GroupPlan, window: number | null): Float32Array {
+  let mask = g.masks.get(window);
+  if (mask) return mask;
+  const { B, T, P, L } = g;
+  mask = new Float32Array(B * T * L).fill(MASKED);
+  for (let b = 0; b < B; b++) {
+    const pl = g.pastLens[b]!;
+    for (let t = 0; t < T; t++) {
+      const qPos = pl + t;
+      const rowBase = (b * T + t) * L;
+      const lo = window === null ? 0 : Math.max(0, qPos - window + 1);
+      for (let j = lo; j < pl; j++) mask[rowBase + j] = 0;
+      for (let j = 0; j <= t; j++) if (pl + j >= lo) mask[rowBase + P + j] = 0;
+    }
+  }
+  g.masks.set(window, mask);
+  return mask;
+}
+
 /** A grow-only Float32Array (reused across steps: avoid GC on the per-step path). */
 class Grow {
   buf = new Float32Array(0);
@@ -119,7 +174,6 @@ export class DenseRunner {
   private readonly cos = new Grow();
   private readonly sin = new Grow();
   private readonly past = new Grow();
-  private readonly mask = new Grow();
   private readonly headIn = new Grow();
   /**
    * Routed rows per (MoE layer, expert) since start: float64 [numLayers, X] (dense layers stay 0).
@@ -204,19 +258,21 @@ export class DenseRunner {
       N += q.tokens.length;
     }
     const decodes: number[] = [];
-    const groups: number[][] = [];
+    const groupMembers: number[][] = [];
     for (let s = 0; s < numSeqs; s++) {
       if (seqs[s]!.tokens.length === 1) decodes.push(s);
-      else groups.push([s]);
+      else groupMembers.push([s]);
     }
-    if (decodes.length > 0) groups.unshift(decodes);
+    if (decodes.length > 0) groupMembers.unshift(decodes);
     // Rows are laid out group by group; remap so each group's rows are contiguous.
-    const order = groups.flat();
+    const order = groupMembers.flat();
     let r = 0;
     for (const s of order) {
       rowStart[s] = r;
       r += seqs[s]!.tokens.length;
     }
+    // Per-group facts and masks are the same for every layer: computed once per step.
+    const groups = groupMembers.map((g) => planGroup(g, seqs, rowStart));
 
     // ---- embedding
     const ids = new BigInt64Array(N);
@@ -251,7 +307,7 @@ export class DenseRunner {
       const isMoe = layer.mlp === 'moe';
       // ---- attention, group by group
       for (const group of groups) {
-        await this.attentionGroup(l, layer.slidingWindow, unit.attn, group, seqs, rowStart, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
+        await this.attentionGroup(l, layer.slidingWindow, unit.attn, group, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
       }
       // ---- MLP / MoE over all rows
       if (!isMoe) {
@@ -324,9 +380,7 @@ export class DenseRunner {
     layer: number,
     window: number | null,
     session: OrtSession,
-    group: readonly number[],
-    seqs: readonly ForwardSeq[],
-    rowStart: Int32Array,
+    g: GroupPlan,
     kv: KvStore | null,
     hidden: Float32Array,
     xNorm: Float32Array,
@@ -338,41 +392,17 @@ export class DenseRunner {
     const F = this.rope.freqs;
     const E = this.E;
     const X = this.cfg.moe.nRoutedExperts;
-    const B = group.length;
-    const T = seqs[group[0]!]!.tokens.length; // decode group: 1; prefill group: B = 1
-    let P = 0;
-    for (const s of group) P = Math.max(P, seqs[s]!.pastLen);
-    const L = P + T;
-    const first = rowStart[group[0]!]!;
-    const n = B * T;
+    const { B, T, P, L, first, n } = g;
 
     // past [B, P, E] from the KV pool
     this.tick();
     const past = this.past.take(B * P * E);
     if (P > 0) {
       if (!kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
-      const seqIds = new Int32Array(B);
-      const lens = new Int32Array(B);
-      group.forEach((s, b) => {
-        seqIds[b] = seqs[s]!.kvSeqId;
-        lens[b] = seqs[s]!.pastLen;
-      });
-      kv.gather(layer, seqIds, B, lens, P, past);
+      kv.gather(layer, g.kvSeqIds, B, g.pastLens, P, past);
     }
     this.tock('kv_gather');
-    // mask [B, T, L]: past key j visible if j < pastLen; new key P + j' visible if j' <= t; windows
-    const mask = this.mask.take(B * T * L);
-    mask.fill(MASKED);
-    for (let b = 0; b < B; b++) {
-      const pl = seqs[group[b]!]!.pastLen;
-      for (let t = 0; t < T; t++) {
-        const qPos = pl + t;
-        const rowBase = (b * T + t) * L;
-        const lo = window === null ? 0 : Math.max(0, qPos - window + 1);
-        for (let j = lo; j < pl; j++) mask[rowBase + j] = 0;
-        for (let j = 0; j <= t; j++) if (pl + j >= lo) mask[rowBase + P + j] = 0;
-      }
-    }
+    const mask = maskFor(g, window);
     this.tock('mask');
     const feeds = {
       hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
@@ -390,8 +420,7 @@ export class DenseRunner {
     if (kv) {
       const kvNew = res.kv_new!.data;
       for (let b = 0; b < B; b++) {
-        const q = seqs[group[b]!]!;
-        if (q.kvSeqId >= 0) kv.writeRows(layer, q.kvSeqId, q.pastLen, kvNew, b * T, T);
+        if (g.kvSeqIds[b]! >= 0) kv.writeRows(layer, g.kvSeqIds[b]!, g.pastLens[b]!, kvNew, b * T, T);
       }
     }
     this.tock('kv_write');
