@@ -30,6 +30,13 @@ import type { WeightSource } from './source.js';
 
 export type MlaImpl = 'naive' | 'absorbed';
 
+/**
+ * Epsilon of MLA's inner norms (q_a_layernorm, kv_a_layernorm): transformers builds them as
+ * `DeepseekV2RMSNorm(rank)` without passing rms_norm_eps, so they keep the class default 1e-6
+ * whatever the config says (DeepSeek's own code does the same).
+ */
+export const MLA_INNER_NORM_EPS = 1e-6;
+
 /** Row elements of the KV cache per token per layer. */
 export function cacheRowElements(cfg: MoeModelConfig): number {
   const a = cfg.attention;
@@ -140,7 +147,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   } else {
     const r = a.qLoraRank;
     const qa = g.linear(x, weight(g, ws, W.attn(layer, 'q_a_proj'), [r, H]), optionalBias(g, ws, W.attn(layer, 'q_a_proj', 'bias'), bias, r));
-    const qaN = g.rmsNorm(qa, weight(g, ws, W.attn(layer, 'q_a_layernorm'), [r]), cfg.rmsNormEps);
+    const qaN = g.rmsNorm(qa, weight(g, ws, W.attn(layer, 'q_a_layernorm'), [r]), MLA_INNER_NORM_EPS);
     qFlat = g.linear(qaN, weight(g, ws, W.attn(layer, 'q_b_proj'), [h * Dq, r]));
   }
   const [qNope, qPeRaw] = g.split(g.reshape(qFlat, [0, h, Dq]), 2, [Dn, R]) as [string, string]; // [N,h,Dn], [N,h,R]
@@ -148,7 +155,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
 
   const kvA = g.linear(x, weight(g, ws, W.attn(layer, 'kv_a_proj_with_mqa'), [C + R, H]), optionalBias(g, ws, W.attn(layer, 'kv_a_proj_with_mqa', 'bias'), bias, C + R));
   const [cRaw, kPeRaw] = g.split(kvA, 1, [C, R]) as [string, string];
-  const cKv = g.rmsNorm(cRaw, weight(g, ws, W.attn(layer, 'kv_a_layernorm'), [C]), cfg.rmsNormEps); // [N, C]
+  const cKv = g.rmsNorm(cRaw, weight(g, ws, W.attn(layer, 'kv_a_layernorm'), [C]), MLA_INNER_NORM_EPS); // [N, C]
   const kPe = g.reshape(applyRope(g, g.reshape(kPeRaw, [0, 1, R]), inp.cos, inp.sin, R, R, cfg.rope.interleaved), [0, R]);
   const kvNew = g.concat([cKv, kPe], 1); // [N, C + R]
   g.output(kvNew, 'kv_new');
