@@ -257,8 +257,10 @@ export function parseModelConfig(raw: unknown): MoeModelConfig {
       numHeads,
       numKvHeads,
       headDim,
-      qkvBias: family === 'qwen2_moe' ? true : attentionBias,
-      oBias: family === 'qwen2_moe' ? false : attentionBias,
+      // transformers: Qwen2 always has q/k/v biases and no o bias; Qwen3 follows attention_bias;
+      // Mixtral's projections never have biases, whatever the config says.
+      qkvBias: family === 'qwen2_moe' ? true : family === 'qwen3_moe' ? attentionBias : false,
+      oBias: family === 'qwen3_moe' ? attentionBias : false,
       qkNorm: family === 'qwen3_moe',
     };
     ropeHeadDim = Math.floor(headDim * f.num('partial_rotary_factor', 1));
