@@ -259,7 +259,7 @@ export function parseModelConfig(raw: unknown): MoeModelConfig {
       headDim,
       // transformers: Qwen2 always has q/k/v biases and no o bias; Qwen3 follows attention_bias;
       // Mixtral's projections never have biases, whatever the config says.
-      qkvBias: family === 'qwen2_moe' ? true : family === 'qwen3_moe' ? attentionBias : false,
+      qkvBias: family === 'qwen2_moe' ? f.bool('qkv_bias', true) : family === 'qwen3_moe' ? attentionBias : false,
       oBias: family === 'qwen3_moe' ? attentionBias : false,
       qkNorm: family === 'qwen3_moe',
     };
