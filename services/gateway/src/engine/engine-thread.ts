@@ -79,17 +79,8 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     log(topology.description, 'info');
   }
   try {
-    model = await loadModel(modelDir, {
-      runtime,
-      mlaImpl: o.mlaImpl,
-      maxModelLen: o.maxModelLen,
-      kvCacheBytes: o.kvCacheBytes,
-      blockSize: o.blockSize,
-      maxNumSeqs: o.maxNumSeqs,
-      maxBatchedTokens: o.maxBatchedTokens,
-      prefixCaching: o.prefixCaching,
-      experts,
-    });
+    const { maxModelLen, kvCacheBytes, blockSize, maxNumSeqs, maxBatchedTokens, prefixCaching } = o;
+    model = await loadModel(modelDir, { runtime, mlaImpl: o.mlaImpl, maxModelLen, kvCacheBytes, blockSize, maxNumSeqs, maxBatchedTokens, prefixCaching, experts });
   } catch (err) {
     await topology?.close().catch(() => undefined); // no orphaned workers when the load fails
     throw err;

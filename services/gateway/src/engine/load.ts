@@ -44,9 +44,8 @@ export function allExperts(cfg: MoeModelConfig): Map<number, number[]> {
   return m;
 }
 
-export interface LoadOptions {
-  readonly runtime: RuntimeOptions;
-  readonly mlaImpl: MlaImpl;
+/** How big the engine is: context, KV pool, batch. Shared by LoadOptions and the engine thread's init message. */
+export interface EngineSizing {
   /** Longest prompt + output served. @defaultValue min(max_position_embeddings, 4096) */
   readonly maxModelLen?: number;
   /** KV-cache storage over all layers, bytes. @defaultValue 1 GiB */
@@ -57,6 +56,11 @@ export interface LoadOptions {
   readonly maxBatchedTokens?: number;
   /** Reuse KV blocks of identical prefixes. @defaultValue true */
   readonly prefixCaching?: boolean;
+}
+
+export interface LoadOptions extends EngineSizing {
+  readonly runtime: RuntimeOptions;
+  readonly mlaImpl: MlaImpl;
   /** Routed experts elsewhere (the router's workers); default: an in-process shard of all experts. */
   readonly experts?: RoutedExperts;
 }

@@ -15,6 +15,7 @@ import type { MoeModelConfig } from '../../../model/src/config.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { TopologyOptions } from '../../../../router/src/topology.js';
 import type { EngineRequest, FinishReason, TokenLogprobs } from './engine.js';
+import type { EngineSizing } from './load.js';
 
 /**
  * Where the routed experts run, as plain data (what survives postMessage): the router's
@@ -22,18 +23,11 @@ import type { EngineRequest, FinishReason, TokenLogprobs } from './engine.js';
  */
 export type SerializedTopology = Omit<TopologyOptions, 'modelDir' | 'runtime' | 'log'>;
 
-export interface SerializedLoadOptions {
+export interface SerializedLoadOptions extends EngineSizing {
   readonly device: 'cpu' | 'cuda';
   readonly deviceId: number;
   readonly intraOpThreads: number;
   readonly mlaImpl: 'naive' | 'absorbed';
-  readonly maxModelLen?: number;
-  readonly kvCacheBytes?: number;
-  readonly blockSize?: number;
-  readonly maxNumSeqs?: number;
-  readonly maxBatchedTokens?: number;
-  /** Reuse KV blocks of identical prompt prefixes. @defaultValue true */
-  readonly prefixCaching?: boolean;
   /** Expert workers (router/ topology, started by the engine thread); absent or null = in-process experts. */
   readonly experts?: SerializedTopology | null;
   /** The shared KV tier in Redis (services/kvcache/src/redis-tier.ts); absent or null = off. */
