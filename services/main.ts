@@ -6,6 +6,9 @@
  *   moeserve make-checkpoint --preset NAME --out DIR [--set key=value ...]
  *   moeserve serve --model DIR ...          (the OpenAI-compatible server)
  *   moeserve worker --model DIR --experts SPEC --port P   (an expert worker)
+ *
+ * Every command answers --help (exit 0). A command line parseArgs rejects (unknown flag, missing
+ * value) is a usage error: exit 2. Other failures print `error [code]` and exit 1.
  */
 import { toServerError } from './common/src/errors.js';
 
@@ -17,6 +20,11 @@ commands:
   serve             serve the OpenAI API
   worker            run an expert worker
 `;
+
+/** The errors node:util parseArgs throws for bad command lines (ERR_PARSE_ARGS_UNKNOWN_OPTION, ...). */
+function isUsageError(err: unknown): err is Error {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && (err as NodeJS.ErrnoException).code!.startsWith('ERR_PARSE_ARGS_');
+}
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const [command, ...rest] = argv;
@@ -44,6 +52,17 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void
         process.exitCode = 2;
     }
   } catch (err) {
+    if (isUsageError(err)) {
+      // node:util parseArgs rejects an unknown flag, a missing flag value or a stray positional.
+      if ((err as NodeJS.ErrnoException).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && err.message.includes("'--help'")) {
+        // A command without its own help text still answers --help (with the command list).
+        process.stdout.write(USAGE);
+        return;
+      }
+      process.stderr.write(`moeserve ${command}: usage error: ${err.message} (see: moeserve ${command} --help)\n`);
+      process.exitCode = 2;
+      return;
+    }
     const e = toServerError(err);
     process.stderr.write(`moeserve ${command}: error [${e.code}]: ${e.message}\n`);
     if (e.code === 'internal' && e.stack) process.stderr.write(`${e.stack}\n`);
