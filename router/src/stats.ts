@@ -1,6 +1,7 @@
 /**
  * Routing load statistics, kept for /metrics and benchmarks: per forward call (one MoE layer of
- * one step) the rows per expert and per worker, and running totals, plus wire counters.
+ * one step) the rows per expert and per worker, and running totals, plus wire counters. The one
+ * place routed rows are counted: every topology (in-process included, as one worker) records here.
  *
  * Hot path: every counter lives in a typed array sized once at construction; recording a call
  * allocates nothing. `snapshot()` copies (cold path).
@@ -46,6 +47,8 @@ export class RoutingStats {
   readonly totalPerExpert: Float64Array;
   /** [W] cumulative rows sent per worker. */
   readonly totalPerWorker: Float64Array;
+  /** [L * W] cumulative rows sent per worker per layer (the /metrics worker_rows_total). */
+  readonly totalPerLayerWorker: Float64Array;
   /** [L * X] the last call's (row, expert) pairs per layer. */
   readonly lastPerExpert: Int32Array;
   /** [L * W] the last call's rows per worker per layer. */
@@ -60,6 +63,7 @@ export class RoutingStats {
   ) {
     this.totalPerExpert = new Float64Array(numLayers * numExperts);
     this.totalPerWorker = new Float64Array(numWorkers);
+    this.totalPerLayerWorker = new Float64Array(numLayers * numWorkers);
     this.lastPerExpert = new Int32Array(numLayers * numExperts);
     this.lastPerWorker = new Int32Array(numLayers * Math.max(1, numWorkers));
     this.seen = new Uint8Array(numLayers);
@@ -87,6 +91,7 @@ export class RoutingStats {
       if (failover) this.lastPerWorker[layer * W + w] += r;
       else this.lastPerWorker[layer * W + w] = r;
       this.totalPerWorker[w] += r;
+      this.totalPerLayerWorker[layer * W + w] += r;
     }
   }
 

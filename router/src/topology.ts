@@ -17,11 +17,11 @@ import path from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { ServerError } from '../../services/common/src/errors.js';
 import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
-import type { MoeModelConfig } from '../../services/model/src/config.js';
+import { allExperts, configFingerprint, moeLayers, type MoeModelConfig } from '../../services/model/src/config.js';
+import type { WeightSource } from '../../services/model/src/graphs/source.js';
 import type { RuntimeOptions } from '../../services/model/src/runtime/onnx.js';
 import { readTls, type TlsMaterial, type TlsPaths } from '../../proto/index.js';
 import { formatExpertsSpec } from '../../workers/src/experts-spec.js';
-import { configFingerprint, moeLayers } from '../../workers/src/model.js';
 import { ExpertShard } from '../../workers/src/shard.js';
 import { spawnWorker, stopProcess } from '../../workers/src/spawn.js';
 import { grpcTarget, heldOf, WorkerClient, type ModelIdentity } from './client.js';
@@ -106,14 +106,22 @@ export async function startTopology(cfg: MoeModelConfig, opts: TopologyOptions):
 
 // ---------------------------------------------------------------- in-process
 
-/** The in-process shard, counted like the distributed ones (metrics look the same). */
+/**
+ * The in-process shard of every expert, counted like the distributed ones (metrics look the
+ * same): one worker, "local", that every routed row goes to.
+ */
 class InProcessExperts implements RoutedExperts {
+  readonly inProcess = true;
+  /** [1] rows of the current call (the one worker's count; reused, avoid GC per layer). */
+  private readonly rows = new Int32Array(1);
   constructor(
     private readonly shard: ExpertShard,
     readonly stats: RoutingStats,
   ) {}
   async forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void> {
     this.stats.recordExperts(layer, ids, numRows, k);
+    this.rows[0] = numRows;
+    this.stats.recordWorkers(layer, this.rows);
     const t0 = performance.now();
     await this.shard.forward(layer, x, numRows, ids, weights, k, out);
     const ms = performance.now() - t0;
@@ -122,17 +130,20 @@ class InProcessExperts implements RoutedExperts {
   }
 }
 
+/** Every expert of every MoE layer in this process, from an open weight source (the caller's checkpoint). */
+export async function inProcessTopology(cfg: MoeModelConfig, ws: WeightSource, runtime: RuntimeOptions): Promise<Topology> {
+  const shard = await ExpertShard.load(cfg, ws, allExperts(cfg), runtime);
+  const stats = new RoutingStats(cfg.numLayers, cfg.moe.nRoutedExperts, 1);
+  return { kind: 'in-process', experts: new InProcessExperts(shard, stats), stats, placement: null, workers: [], description: 'experts in-process', lastError: () => null, close: async () => undefined };
+}
+
 async function startInProcess(cfg: MoeModelConfig, opts: TopologyOptions): Promise<Topology> {
   const ckpt = Checkpoint.open(opts.modelDir);
-  let shard: ExpertShard;
   try {
-    const all = new Map(moeLayers(cfg).map((l) => [l, Array.from({ length: cfg.moe.nRoutedExperts }, (_, e) => e)]));
-    shard = await ExpertShard.load(cfg, ckpt, all, opts.runtime);
+    return await inProcessTopology(cfg, ckpt, opts.runtime);
   } finally {
     ckpt.close();
   }
-  const stats = new RoutingStats(cfg.numLayers, cfg.moe.nRoutedExperts, 0);
-  return { kind: 'in-process', experts: new InProcessExperts(shard, stats), stats, placement: null, workers: [], description: 'experts in-process', lastError: () => null, close: async () => undefined };
 }
 
 // ---------------------------------------------------------------- remote

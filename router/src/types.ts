@@ -23,9 +23,9 @@
  */
 
 /**
- * Routed-expert execution for one MoE layer. Structurally the gateway's `RoutedExperts`
- * (services/gateway/src/engine/dense-runner.ts), restated here because nothing in router/
- * imports the gateway.
+ * Routed-expert execution for one MoE layer: the one declaration, implemented by the router's
+ * topologies (topology.ts: in-process shard, ShardedExperts over gRPC) and called by the gateway's
+ * DenseRunner (a type-only import of router/; nothing in router/ imports the gateway).
  *   x        float32 [n, H]  normalized hidden rows
  *   ids      int32   [n, k]  expert ids (-1 = unused slot)
  *   weights  float32 [n, k]  combine weights (renormalised, × routed_scaling_factor)
@@ -33,6 +33,12 @@
  */
 export interface RoutedExperts {
   forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void>;
+  /**
+   * true when the experts compute on the caller's thread (the in-process shard): nothing can
+   * overlap, so the runner awaits them before the shared experts (and the profile attributes time
+   * correctly).
+   */
+  readonly inProcess?: boolean;
 }
 
 /** Which workers hold which experts, per MoE layer (placement.ts builds it). */

@@ -3,7 +3,6 @@
  * (headers only at open; the shard then reads exactly its experts' tensors), plus the config
  * fingerprint both ends compare so that a gateway never routes to a worker serving another model.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ServerError } from '../../services/common/src/errors.js';
@@ -40,12 +39,4 @@ export function openWorkerModel(dir: string): WorkerModel {
   return { cfg, checkpoint };
 }
 
-/** sha256 (hex) of the normalized config: equal on gateway and worker iff they parse the same model. */
-export function configFingerprint(cfg: MoeModelConfig): string {
-  return createHash('sha256').update(JSON.stringify(cfg)).digest('hex');
-}
-
-/** MoE layer indices of the model, ascending. */
-export function moeLayers(cfg: MoeModelConfig): number[] {
-  return cfg.layers.filter((l) => l.mlp === 'moe').map((l) => l.index);
-}
+export { configFingerprint, moeLayers } from '../../services/model/src/config.js';

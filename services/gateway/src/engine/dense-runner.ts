@@ -22,16 +22,7 @@ import * as W from '../../../model/src/names.js';
 import { GraphBuilder } from '../../../model/src/onnx/graph.js';
 import { f32, i64, OrtSession, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
 import { GateScratch, route } from '../../../../router/src/gating.js';
-
-/** Routed-expert execution for one MoE layer (see workers/src/shard.ts for the contract). */
-export interface RoutedExperts {
-  forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void>;
-  /**
-   * true when the experts compute on this thread (the in-process shard): nothing can overlap, so
-   * the runner awaits them before the shared experts (and the profile attributes time correctly).
-   */
-  readonly inProcess?: boolean;
-}
+import type { RoutedExperts } from '../../../../router/src/types.js';
 
 /** The KV cache as the attention path sees it (implemented by services/kvcache). */
 export interface KvStore {
@@ -175,13 +166,6 @@ export class DenseRunner {
   private readonly sin = new Grow();
   private readonly past = new Grow();
   private readonly headIn = new Grow();
-  /**
-   * Routed rows per (MoE layer, expert) since start: float64 [numLayers, X] (dense layers stay 0).
-   * Counted after gating on every step, for /metrics (load balance). Never reset.
-   */
-  readonly expertRows: Float64Array;
-  /** Steps and routed (token, expert) rows counted into expertRows. */
-  routedSteps = 0;
   /** When set, forward() accumulates per-unit wall time here (benchmarks only). */
   profile: StepProfile | null = null;
   private t0 = 0;
@@ -206,7 +190,6 @@ export class DenseRunner {
     this.rope = new RopeTable(cfg.rope, maxPositions);
     this.gate = new GateScratch(cfg.moe);
     this.E = cacheRowElements(cfg);
-    this.expertRows = new Float64Array(cfg.numLayers * cfg.moe.nRoutedExperts);
   }
 
   static async load(cfg: MoeModelConfig, ws: WeightSource, opts: DenseRunnerOptions): Promise<DenseRunner> {
@@ -320,8 +303,6 @@ export class DenseRunner {
       }
       this.tick();
       route(cfg.moe, routerLogits, N, unit.correctionBias, routeIds, routeWeights, this.gate);
-      const rowsBase = l * X;
-      for (let i = 0; i < N * A; i++) this.expertRows[rowsBase + routeIds[i]!]++;
       this.tock('gating');
       if (trace) trace.layers.push({ layer: l, ids: routeIds.slice(), weights: routeWeights.slice() });
       const routed = this.routedOut.take(N * H);
@@ -371,7 +352,6 @@ export class DenseRunner {
       logits = (await this.head.run({ hidden: f32(headIn, [S, H]) }, ['logits'])).logits!.data;
       this.tock('lm_head');
     }
-    this.routedSteps++;
     return { logits, logitRow, rowStart, routing: trace };
   }
 

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { toServerError } from '../../../common/src/errors.js';
 import { startTopology, type Topology } from '../../../../router/index.js';
-import type { RoutedExperts } from './dense-runner.js';
+import type { RoutedExperts } from '../../../../router/src/types.js';
+import { moeLayers } from '../../../model/src/config.js';
 import type { Engine, StepEvent } from './engine.js';
 import { RedisKvTier } from '../../../kvcache/src/redis-tier.js';
 import { loadModel, openModelDir, type LoadedModel } from './load.js';
@@ -21,7 +22,6 @@ if (!port) throw new Error('engine-thread must run in a worker thread');
 let model: LoadedModel | null = null;
 let engine: Engine | null = null;
 let topology: Topology | null = null;
-let workerRows: LayerWorkerRows | null = null;
 let tier: RedisKvTier | null = null;
 /** Host ids whose prompt is being looked up in the Redis tier (not yet in the engine). */
 const prefetching = new Set<number>();
@@ -43,30 +43,6 @@ port.on('message', (msg: ToEngine) => {
   void handle(msg).catch((err) => post({ type: 'fatal', message: toServerError(err).message }));
 });
 
-/**
- * Token rows per (MoE layer, worker) for the router's topologies. The router keeps the last
- * call's rows per worker for each layer; each MoE layer is one forward call per step, so adding
- * them up after every call that succeeded gives per-layer totals (a call that failed over counts
- * its last round only; the router's own per-worker totals count every round).
- */
-class LayerWorkerRows implements RoutedExperts {
-  /** float64 [numLayers, W] (dense layers stay 0). */
-  readonly rows: Float64Array;
-  constructor(
-    private readonly inner: RoutedExperts,
-    private readonly topo: Topology,
-    numLayers: number,
-  ) {
-    this.rows = new Float64Array(numLayers * topo.workers.length);
-  }
-  async forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void> {
-    await this.inner.forward(layer, x, numRows, ids, weights, k, out);
-    const W = this.topo.workers.length;
-    const last = this.topo.stats.lastPerWorker;
-    for (let w = 0; w < W; w++) this.rows[layer * W + w] += last[layer * W + w]!;
-  }
-}
-
 async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
   const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
   let experts: RoutedExperts | undefined;
@@ -74,8 +50,7 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     const md = openModelDir(modelDir);
     md.checkpoint.close();
     topology = await startTopology(md.cfg, { ...o.experts, modelDir, runtime, log });
-    workerRows = new LayerWorkerRows(topology.experts, topology, md.cfg.numLayers);
-    experts = workerRows;
+    experts = topology.experts;
     log(topology.description, 'info');
   }
   try {
@@ -154,25 +129,20 @@ async function handle(msg: ToEngine): Promise<void> {
   }
 }
 
-/** Rows per expert from the dense runner (every topology), rows per worker from the router. */
+/** Rows per expert and per worker, as the router's stats counted them (every topology). */
 function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
+  const topo = (topology ?? m.topology)!;
   const X = m.cfg.moe.nRoutedExperts;
-  const A = m.cfg.moe.nActivatedExperts;
-  const layers = m.cfg.layers.filter((l) => l.mlp === 'moe').map((l) => l.index);
-  const rows = m.runner.expertRows;
-  const expertRows = layers.map((l) => Array.from(rows.subarray(l * X, (l + 1) * X)));
-  if (!topology || !workerRows) {
-    // In-process: every token row of a layer goes to the one local shard (each row picks A experts).
-    return { topology: 'in-process', layers, expertRows, workers: ['local'], workerRows: expertRows.map((r) => [r.reduce((a, b) => a + b, 0) / A]) };
-  }
-  const W = topology.workers.length;
-  const wr = workerRows.rows;
+  const W = topo.stats.numWorkers;
+  const layers = moeLayers(m.cfg);
+  const perExpert = topo.stats.totalPerExpert;
+  const perWorker = topo.stats.totalPerLayerWorker;
   return {
-    topology: topology.kind,
+    topology: topo.kind,
     layers,
-    expertRows,
-    workers: topology.workers.map((w) => `w${w.index}`),
-    workerRows: layers.map((l) => Array.from(wr.subarray(l * W, (l + 1) * W))),
+    expertRows: layers.map((l) => Array.from(perExpert.subarray(l * X, (l + 1) * X))),
+    workers: topo.kind === 'in-process' ? ['local'] : topo.workers.map((w) => `w${w.index}`),
+    workerRows: layers.map((l) => Array.from(perWorker.subarray(l * W, (l + 1) * W))),
   };
 }
 

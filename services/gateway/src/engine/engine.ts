@@ -18,7 +18,8 @@ import { createSamplerScratch, SequenceSampler, type SamplerScratch, type Sampli
 import { logSumExp, topLogprobs, tokenLogprob } from '../sampling/logprobs.js';
 import { NO_SEQUENCE, type KvCacheManager } from '../../../kvcache/src/manager.js';
 import type { PrefixMatch } from '../../../kvcache/src/types.js';
-import type { DenseRunner, ForwardResult, ForwardSeq, RoutedExperts } from './dense-runner.js';
+import type { RoutedExperts } from '../../../../router/src/types.js';
+import type { DenseRunner, ForwardResult, ForwardSeq } from './dense-runner.js';
 
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';

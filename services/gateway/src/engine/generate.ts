@@ -9,7 +9,8 @@
 import type { MoeModelConfig } from '../../../model/src/config.js';
 import { topLogprobs } from '../sampling/logprobs.js';
 import { createSamplerScratch, SequenceSampler, type SamplingParams } from '../sampling/sampler.js';
-import type { DenseRunner, RoutedExperts, RoutingTrace } from './dense-runner.js';
+import type { RoutedExperts } from '../../../../router/src/types.js';
+import type { DenseRunner, RoutingTrace } from './dense-runner.js';
 import type { Engine, FinishReason } from './engine.js';
 
 export interface GenerateParams {

@@ -12,8 +12,9 @@ import type { MlaImpl } from '../../../model/src/graphs/attention.js';
 import { DEFAULT_RUNTIME, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
 import { validateCheckpoint } from '../../../model/src/weights.js';
 import { KvCacheManager } from '../../../kvcache/src/manager.js';
-import { ExpertShard } from '../../../../workers/src/shard.js';
-import { DenseRunner, type RoutedExperts } from './dense-runner.js';
+import { inProcessTopology, type Topology } from '../../../../router/src/topology.js';
+import type { RoutedExperts } from '../../../../router/src/types.js';
+import { DenseRunner } from './dense-runner.js';
 import { Engine } from './engine.js';
 
 export interface ModelDir {
@@ -35,13 +36,6 @@ export function openModelDir(dir: string): ModelDir {
   const checkpoint = Checkpoint.open(dir);
   validateCheckpoint(cfg, checkpoint);
   return { dir, cfg, checkpoint };
-}
-
-/** Every routed expert of every MoE layer (the in-process shard). */
-export function allExperts(cfg: MoeModelConfig): Map<number, number[]> {
-  const m = new Map<number, number[]>();
-  for (const l of cfg.layers) if (l.mlp === 'moe') m.set(l.index, Array.from({ length: cfg.moe.nRoutedExperts }, (_, i) => i));
-  return m;
 }
 
 /** How big the engine is: context, KV pool, batch. Shared by LoadOptions and the engine thread's init message. */
@@ -68,6 +62,8 @@ export interface LoadOptions extends EngineSizing {
 export interface LoadedModel extends ModelDir {
   readonly runner: DenseRunner;
   readonly experts: RoutedExperts;
+  /** The in-process experts' topology (its stats count the routed rows); null when `opts.experts` came from the caller. */
+  readonly topology: Topology | null;
   readonly kv: KvCacheManager;
   readonly engine: Engine;
   readonly maxModelLen: number;
@@ -80,11 +76,8 @@ export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): 
   const { cfg, checkpoint } = md;
   const maxModelLen = Math.min(opts.maxModelLen ?? Math.min(cfg.maxPositionEmbeddings, 4096), cfg.maxPositionEmbeddings);
   const runner = await DenseRunner.load(cfg, checkpoint, { runtime: opts.runtime, mlaImpl: opts.mlaImpl, maxPositions: maxModelLen });
-  let experts = opts.experts;
-  if (!experts) {
-    const shard = await ExpertShard.load(cfg, checkpoint, allExperts(cfg), opts.runtime);
-    experts = { inProcess: true, forward: (l, x, n, ids, w, k, out) => shard.forward(l, x, n, ids, w, k, out) };
-  }
+  const topology = opts.experts ? null : await inProcessTopology(cfg, checkpoint, opts.runtime);
+  const experts = opts.experts ?? topology!.experts;
   const kv = KvCacheManager.forModel(cfg, { blockSize: opts.blockSize ?? 16, budgetBytes: opts.kvCacheBytes ?? 1 << 30 });
   const engine = new Engine(cfg, runner, experts, kv, {
     maxNumSeqs: opts.maxNumSeqs ?? 64,
@@ -92,5 +85,5 @@ export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): 
     maxModelLen,
     prefixCaching: opts.prefixCaching ?? true,
   });
-  return { ...md, runner, experts, kv, engine, maxModelLen };
+  return { ...md, runner, experts, topology, kv, engine, maxModelLen };
 }
