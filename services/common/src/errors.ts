@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   'experts_unavailable', // no live worker holds an expert a row needs (HTTP 503)
   'deadline_exceeded', // an exchange ran past its deadline (retryable)
   'cancelled', // the client went away or the request was aborted
+  'request_timeout', // the client did not send its headers or body in time (HTTP 408)
   'checkpoint_invalid', // a checkpoint file is malformed, truncated or inconsistent
   'config_unsupported', // a config.json field or architecture moeserve does not implement
   'bad_message', // a malformed cross-process message (wrong size, unknown layer or expert)
@@ -66,6 +67,7 @@ export const HTTP_ERRORS: Readonly<Record<ErrorCode, { status: number; type: str
   experts_unavailable: { status: 503, type: 'service_unavailable_error' },
   deadline_exceeded: { status: 503, type: 'service_unavailable_error' },
   cancelled: { status: 499, type: 'cancelled_error' },
+  request_timeout: { status: 408, type: 'invalid_request_error' },
   checkpoint_invalid: { status: 500, type: 'server_error' },
   config_unsupported: { status: 400, type: 'invalid_request_error' },
   bad_message: { status: 400, type: 'invalid_request_error' },
@@ -84,6 +86,7 @@ export const GRPC_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   experts_unavailable: 14, // UNAVAILABLE
   deadline_exceeded: 4, // DEADLINE_EXCEEDED
   cancelled: 1, // CANCELLED
+  request_timeout: 4, // DEADLINE_EXCEEDED
   checkpoint_invalid: 9, // FAILED_PRECONDITION
   config_unsupported: 9,
   bad_message: 3,
@@ -102,6 +105,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = Object.freeze({
   experts_unavailable: true,
   deadline_exceeded: true,
   cancelled: false,
+  request_timeout: true,
   checkpoint_invalid: false,
   config_unsupported: false,
   bad_message: false,
