@@ -19,6 +19,18 @@ export interface HttpOptions {
   readonly logPrompts: boolean;
   /** Largest request body, bytes. @defaultValue 32 MiB */
   readonly bodyLimit: number;
+  /**
+   * Time a client has to send a request's headers, from its first byte, ms; slower gets 408 and
+   * the connection is closed. @defaultValue 30000
+   */
+  readonly headersTimeoutMs: number;
+  /**
+   * Time a client has to send a whole request (headers and body), from its first byte, ms; slower
+   * (a body shorter than its Content-Length, a chunk that never ends) gets 408 and the connection
+   * is closed. Not a limit on the response: streams run as long as they generate. Must be >=
+   * headersTimeoutMs. @defaultValue 60000
+   */
+  readonly bodyTimeoutMs: number;
   /** How long /metrics waits for the engine's stats before serving the last values, ms. @defaultValue 2000 */
   readonly statsTimeoutMs: number;
 }
@@ -29,6 +41,8 @@ export const DEFAULT_HTTP_OPTIONS: Omit<HttpOptions, 'servedModelName'> = Object
   requestTimeoutMs: 0,
   logPrompts: false,
   bodyLimit: 32 * 2 ** 20,
+  headersTimeoutMs: 30_000,
+  bodyTimeoutMs: 60_000,
   statsTimeoutMs: 2000,
 });
 
@@ -41,6 +55,8 @@ export function httpOptions(o: Partial<HttpOptions> & { servedModelName: string 
   if (!Number.isInteger(out.maxWaiting) || out.maxWaiting < 0) throw bad('maxWaiting', out.maxWaiting);
   if (!Number.isFinite(out.requestTimeoutMs) || out.requestTimeoutMs < 0) throw bad('requestTimeoutMs', out.requestTimeoutMs);
   if (!Number.isInteger(out.bodyLimit) || out.bodyLimit < 1024) throw bad('bodyLimit', out.bodyLimit);
+  if (!Number.isInteger(out.headersTimeoutMs) || out.headersTimeoutMs < 1) throw bad('headersTimeoutMs', out.headersTimeoutMs);
+  if (!Number.isInteger(out.bodyTimeoutMs) || out.bodyTimeoutMs < out.headersTimeoutMs) throw bad('bodyTimeoutMs (must be >= headersTimeoutMs)', out.bodyTimeoutMs);
   if (!Number.isFinite(out.statsTimeoutMs) || out.statsTimeoutMs <= 0) throw bad('statsTimeoutMs', out.statsTimeoutMs);
   return Object.freeze(out);
 }
