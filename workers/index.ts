@@ -4,16 +4,12 @@
  *
  * - src/shard.ts         ExpertShard: the held experts as one ONNX Runtime session per layer and
  *                        the per-row weighted combine (also the in-process topology)
- * - src/experts-spec.ts  --experts SPEC <-> layer -> expert ids
- * - src/model.ts         config + lazy checkpoint for a worker; the config fingerprint
  * - src/server.ts        ExpertWorkerServer: Forward stream, Info, Health, Stats
  * - src/main.ts          startWorker(options): load only the held experts, then serve
  * - src/spawn.ts         a worker as a child process: spawn, wait for its ready line, stop
  * `moeserve worker` (services/cli/worker.ts) is the process entry.
  */
 export { ExpertShard, type ShardExperts } from './src/shard.js';
-export { parseExpertsSpec, formatExpertsSpec, parseIdList, formatIdList } from './src/experts-spec.js';
-export { openWorkerModel, configFingerprint, moeLayers, readModelConfig } from './src/model.js';
 export { ExpertWorkerServer, type WorkerServerOptions } from './src/server.js';
 export { startWorker, READY_PREFIX, type WorkerOptions, type RunningWorker } from './src/main.js';
 export { spawnWorker, stopProcess, MOESERVE_BIN, type ReadyInfo, type WorkerProcess } from './src/spawn.js';

@@ -39,6 +39,7 @@ export interface ModelIdentity {
   readonly hiddenSize: number;
   readonly numLayers: number;
   readonly nRoutedExperts: number;
+  /** The model fingerprint (services/model/src/model-dir.ts `modelFingerprint`). */
   readonly configSha256: string;
 }
 

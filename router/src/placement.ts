@@ -15,7 +15,7 @@
  * from what running workers report (Info), which may differ per layer.
  */
 import { ServerError } from '../../services/common/src/errors.js';
-import { contiguousShare, parseIdList } from '../../workers/src/experts-spec.js';
+import { contiguousShare, parseIdList } from '../../services/model/src/experts-spec.js';
 import type { Placement } from './types.js';
 
 /** expert -> worker indices (ascending). */
@@ -34,7 +34,7 @@ function checkCounts(numExperts: number, numWorkers: number): void {
 
 export function contiguous(numExperts: number, numWorkers: number): ExpertHomes {
   checkCounts(numExperts, numWorkers);
-  // The same split as a worker's `--experts i/N` (workers/src/experts-spec.ts).
+  // The same split as a worker's `--experts i/N` (services/model/src/experts-spec.ts).
   const homes: ExpertHomes = [];
   for (let w = 0; w < numWorkers; w++) for (const _ of contiguousShare(numExperts, w, numWorkers)) homes.push([w]);
   return homes;

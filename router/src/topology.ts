@@ -17,11 +17,12 @@ import path from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { ServerError } from '../../services/common/src/errors.js';
 import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
-import { allExperts, configFingerprint, moeLayers, type MoeModelConfig } from '../../services/model/src/config.js';
+import { allExperts, moeLayers, type MoeModelConfig } from '../../services/model/src/config.js';
+import { modelFingerprint } from '../../services/model/src/model-dir.js';
 import type { WeightSource } from '../../services/model/src/graphs/source.js';
 import type { RuntimeOptions } from '../../services/model/src/runtime/onnx.js';
 import { readTls, type TlsMaterial, type TlsPaths } from '../../proto/index.js';
-import { formatExpertsSpec } from '../../workers/src/experts-spec.js';
+import { formatExpertsSpec } from '../../services/model/src/experts-spec.js';
 import { ExpertShard } from '../../workers/src/shard.js';
 import { spawnWorker, stopProcess } from '../../workers/src/spawn.js';
 import { grpcTarget, heldOf, WorkerClient, type ModelIdentity } from './client.js';
@@ -97,7 +98,7 @@ export interface Topology {
 
 /** Starts the experts' topology for a model (see the header). */
 export async function startTopology(cfg: MoeModelConfig, opts: TopologyOptions): Promise<Topology> {
-  const identity: ModelIdentity = { hiddenSize: cfg.hiddenSize, numLayers: cfg.numLayers, nRoutedExperts: cfg.moe.nRoutedExperts, configSha256: configFingerprint(cfg) };
+  const identity: ModelIdentity = { hiddenSize: cfg.hiddenSize, numLayers: cfg.numLayers, nRoutedExperts: cfg.moe.nRoutedExperts, configSha256: modelFingerprint(opts.modelDir, cfg) };
   const tls = opts.tls ? readTls(opts.tls) : null;
   if (opts.workerAddrs && opts.workerAddrs.length > 0) return startRemote(cfg, opts, identity, tls);
   if (opts.workers > 0) return startLocal(cfg, opts, identity, tls);

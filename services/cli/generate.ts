@@ -9,7 +9,8 @@
 import { parseArgs } from 'node:util';
 import { ServerError } from '../common/src/errors.js';
 import { generateCached, generateRecompute, routingJson, type GenerateParams } from '../gateway/src/engine/generate.js';
-import { loadModel, openModelDir } from '../gateway/src/engine/load.js';
+import { loadModel } from '../gateway/src/engine/load.js';
+import { readModelConfig } from '../model/src/model-dir.js';
 import { startTopology, TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags, type Topology } from '../../router/index.js';
 import { validateSamplingParams } from '../gateway/src/sampling/params.js';
 import type { RuntimeOptions } from '../model/src/runtime/onnx.js';
@@ -80,9 +81,7 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
   const topoOpts = topologyFromFlags(values, dir, runtime, log);
   let topology: Topology | null = null;
   if (topoOpts.workers > 0 || topoOpts.workerAddrs) {
-    const md = openModelDir(dir);
-    md.checkpoint.close();
-    topology = await startTopology(md.cfg, topoOpts);
+    topology = await startTopology(readModelConfig(dir), topoOpts);
     log(topology.description, 'info');
   }
   try {

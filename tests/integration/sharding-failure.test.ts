@@ -15,7 +15,7 @@ import type { Engine, StepEvent } from '../../services/gateway/src/engine/engine
 import { loadModel, type LoadedModel } from '../../services/gateway/src/engine/load.js';
 import { DEFAULT_SAMPLING } from '../../services/gateway/src/sampling/params.js';
 import { DEFAULT_RUNTIME } from '../../services/model/src/runtime/onnx.js';
-import { readModelConfig } from '../../workers/src/model.js';
+import { readModelConfig } from '../../services/model/src/model-dir.js';
 import { spawnWorker, stopProcess, type WorkerProcess } from '../../workers/src/spawn.js';
 import { fixtureDir, loadExpected, PROMPTS } from '../helpers/golden.js';
 

@@ -22,7 +22,7 @@ import { DEFAULT_SAMPLING } from '../../services/gateway/src/sampling/params.js'
 import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
 import * as W from '../../services/model/src/names.js';
 import { DEFAULT_RUNTIME } from '../../services/model/src/runtime/onnx.js';
-import { readModelConfig } from '../../workers/src/model.js';
+import { readModelConfig } from '../../services/model/src/model-dir.js';
 import { ExpertShard } from '../../workers/src/shard.js';
 import { spawnWorker, stopProcess, type ReadyInfo, type WorkerProcess } from '../../workers/src/spawn.js';
 import { fixtureDir, loadExpected } from '../helpers/golden.js';

@@ -15,7 +15,7 @@ import { loadModel } from '../../services/gateway/src/engine/load.js';
 import { DEFAULT_SAMPLING } from '../../services/gateway/src/sampling/params.js';
 import { DEFAULT_RUNTIME } from '../../services/model/src/runtime/onnx.js';
 import { WIRE_DTYPE } from '../../proto/index.js';
-import { readModelConfig } from '../../workers/src/model.js';
+import { readModelConfig } from '../../services/model/src/model-dir.js';
 import { FIXTURES, fixtureDir, loadExpected, maxAbsDiff, PROMPTS, type FixtureName } from '../helpers/golden.js';
 
 const GREEDY = { ...DEFAULT_SAMPLING, temperature: 0 };

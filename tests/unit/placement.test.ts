@@ -4,9 +4,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { basePlacement, contiguous, describeHomes, explicit, expertsOf, parseReplicate, placementFromHeld, replicate, roundRobin, uniformPlacement } from '../../router/src/placement.js';
-import { formatExpertsSpec, formatIdList, parseExpertsSpec, parseIdList } from '../../workers/src/experts-spec.js';
+import { formatExpertsSpec, formatIdList, parseExpertsSpec, parseIdList } from '../../services/model/src/experts-spec.js';
 import { ServerError } from '../../services/common/src/errors.js';
-import { readModelConfig } from '../../workers/src/model.js';
+import { readModelConfig } from '../../services/model/src/model-dir.js';
 import { fixtureDir } from '../helpers/golden.js';
 
 const byWorker = (homes: number[][], W: number) => Array.from({ length: W }, (_, w) => expertsOf(homes, w));

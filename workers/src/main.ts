@@ -9,8 +9,9 @@ import os from 'node:os';
 import type { Logger } from 'pino';
 import type { RuntimeOptions } from '../../services/model/src/runtime/onnx.js';
 import type { TlsMaterial } from '../../proto/index.js';
-import { formatExpertsSpec, parseExpertsSpec } from './experts-spec.js';
-import { configFingerprint, moeLayers, openWorkerModel } from './model.js';
+import { formatExpertsSpec, parseExpertsSpec } from '../../services/model/src/experts-spec.js';
+import { moeLayers } from '../../services/model/src/config.js';
+import { openModelDir } from '../../services/model/src/model-dir.js';
 import { ExpertWorkerServer } from './server.js';
 import { ExpertShard } from './shard.js';
 
@@ -20,7 +21,7 @@ export const READY_PREFIX = 'MOESERVE_WORKER_READY ';
 export interface WorkerOptions {
   /** Hugging Face checkpoint folder. */
   readonly modelDir: string;
-  /** --experts SPEC (experts-spec.ts). @defaultValue 'all' */
+  /** --experts SPEC (services/model/src/experts-spec.ts). @defaultValue 'all' */
   readonly experts: string;
   /** `host:port` (port 0 = any free port) or `unix:/abs/path.sock`. @defaultValue '127.0.0.1:0' */
   readonly listen: string;
@@ -50,7 +51,7 @@ export function defaultWorkerId(): string {
 }
 
 export async function startWorker(opts: WorkerOptions, log: Logger): Promise<RunningWorker> {
-  const { cfg, checkpoint } = openWorkerModel(opts.modelDir);
+  const { cfg, checkpoint, fingerprint } = openModelDir(opts.modelDir);
   let bytesRead = 0;
   let shard: ExpertShard;
   const experts = parseExpertsSpec(opts.experts, cfg);
@@ -72,7 +73,7 @@ export async function startWorker(opts: WorkerOptions, log: Logger): Promise<Run
     maxMessageBytes: opts.maxMessageBytes,
     tls: opts.tls,
     workerId: opts.workerId,
-    configSha256: configFingerprint(cfg),
+    configSha256: fingerprint,
     requestedDevice: opts.requestedDevice,
     checkpointBytesRead: bytesRead,
     log,

@@ -36,7 +36,7 @@ import {
   type StatsReply,
   type TlsMaterial,
 } from '../../proto/index.js';
-import { formatIdList } from './experts-spec.js';
+import { formatIdList } from '../../services/model/src/experts-spec.js';
 import type { ExpertShard } from './shard.js';
 
 export interface WorkerServerOptions {

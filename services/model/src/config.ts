@@ -10,7 +10,6 @@
  * own code differs, transformers wins (e.g. DeepSeek-V2 routing always applies
  * routed_scaling_factor; DeepSeek-V2's softmax scale is not multiplied by mscale², V3's is).
  */
-import { createHash } from 'node:crypto';
 import { ServerError } from '../../common/src/errors.js';
 
 export const SUPPORTED_ARCHITECTURES = [
@@ -469,9 +468,4 @@ export function moeLayers(cfg: MoeModelConfig): number[] {
 /** Every routed expert of every MoE layer: layer -> [0, X) (what an in-process shard holds). */
 export function allExperts(cfg: MoeModelConfig): Map<number, number[]> {
   return new Map(moeLayers(cfg).map((l) => [l, Array.from({ length: cfg.moe.nRoutedExperts }, (_, e) => e)]));
-}
-
-/** sha256 (hex) of the normalized config: equal on gateway and worker iff they parse the same model. */
-export function configFingerprint(cfg: MoeModelConfig): string {
-  return createHash('sha256').update(JSON.stringify(cfg)).digest('hex');
 }

@@ -10,8 +10,8 @@
  *
  * Expert ids are checked against the model (0 <= id < n_routed_experts); layers must be MoE layers.
  */
-import { ServerError } from '../../services/common/src/errors.js';
-import type { MoeModelConfig } from '../../services/model/src/config.js';
+import { ServerError } from '../../common/src/errors.js';
+import type { MoeModelConfig } from './config.js';
 
 function bad(spec: string, why: string): never {
   throw new ServerError('invalid_request', `--experts "${spec}": ${why}`, { param: 'experts' });

@@ -3,9 +3,6 @@
  * Engine.step() in a loop while there is work, and posts each step's events to the main thread.
  * Started by EngineHost (host.ts) through services/common/src/ts-entry.mjs.
  */
-import { createHash } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { toServerError } from '../../../common/src/errors.js';
 import { startTopology, type Topology } from '../../../../router/index.js';
@@ -13,7 +10,8 @@ import type { RoutedExperts } from '../../../../router/src/types.js';
 import { moeLayers } from '../../../model/src/config.js';
 import type { Engine, StepEvent } from './engine.js';
 import { RedisKvTier } from '../../../kvcache/src/redis-tier.js';
-import { loadModel, openModelDir, type LoadedModel } from './load.js';
+import { loadModel, type LoadedModel } from './load.js';
+import { readModelConfig } from '../../../model/src/model-dir.js';
 import type { FromEngine, RoutingLoadSnapshot, SerializedLoadOptions, ThreadEvent, ToEngine } from './thread-protocol.js';
 
 const port = parentPort;
@@ -47,9 +45,7 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
   const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
   let experts: RoutedExperts | undefined;
   if (o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0)) {
-    const md = openModelDir(modelDir);
-    md.checkpoint.close();
-    topology = await startTopology(md.cfg, { ...o.experts, modelDir, runtime, log });
+    topology = await startTopology(readModelConfig(modelDir), { ...o.experts, modelDir, runtime, log });
     experts = topology.experts;
     log(topology.description, 'info');
   }
@@ -64,7 +60,7 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
   if (o.kvRedis) {
     tier = new RedisKvTier(model.kv, {
       url: o.kvRedis.url,
-      modelId: modelIdentity(modelDir),
+      modelId: model.fingerprint,
       ttlMs: o.kvRedis.ttlMs,
       maxBytes: o.kvRedis.maxBytes,
       logger: { warn: (_obj, msg) => log(`kv-redis: ${msg}`, 'warn'), info: (_obj, msg) => log(`kv-redis: ${msg}`, 'info') },
@@ -144,28 +140,6 @@ function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
     workers: topo.kind === 'in-process' ? ['local'] : topo.workers.map((w) => `w${w.index}`),
     workerRows: layers.map((l) => Array.from(perWorker.subarray(l * W, (l + 1) * W))),
   };
-}
-
-/**
- * The model's identity in Redis keys: config.json, and each weight file's name, size and first
- * 64 KiB (header + the first tensor bytes), so two checkpoints of one config with different
- * weights never share cached blocks.
- */
-function modelIdentity(dir: string): string {
-  const h = createHash('sha256');
-  h.update(fs.readFileSync(path.join(dir, 'config.json')));
-  for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.safetensors')).sort()) {
-    const p = path.join(dir, f);
-    const fd = fs.openSync(p, 'r');
-    try {
-      const buf = Buffer.alloc(65536);
-      const n = fs.readSync(fd, buf, 0, buf.length, 0);
-      h.update(`${f}:${fs.fstatSync(fd).size}:`).update(buf.subarray(0, n));
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  return h.digest('hex').slice(0, 32);
 }
 
 function forget(seqId: number): void {

@@ -3,40 +3,14 @@
  * against the weight manifest) -> dense runner (gateway units) + routed experts (in-process shard
  * or the router's workers) + KV-cache manager + engine.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import { ServerError } from '../../../common/src/errors.js';
-import { Checkpoint } from '../../../model/src/checkpoint/checkpoint.js';
-import { parseModelConfig, type MoeModelConfig } from '../../../model/src/config.js';
+import { openModelDir, type ModelDir } from '../../../model/src/model-dir.js';
 import type { MlaImpl } from '../../../model/src/graphs/attention.js';
 import { DEFAULT_RUNTIME, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
-import { validateCheckpoint } from '../../../model/src/weights.js';
 import { KvCacheManager } from '../../../kvcache/src/manager.js';
 import { inProcessTopology, type Topology } from '../../../../router/src/topology.js';
 import type { RoutedExperts } from '../../../../router/src/types.js';
 import { DenseRunner } from './dense-runner.js';
 import { Engine } from './engine.js';
-
-export interface ModelDir {
-  readonly dir: string;
-  readonly cfg: MoeModelConfig;
-  readonly checkpoint: Checkpoint;
-}
-
-/** Reads config.json and opens the checkpoint (headers only), validating every tensor's presence and shape. */
-export function openModelDir(dir: string): ModelDir {
-  const configPath = path.join(dir, 'config.json');
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(configPath, 'utf8'));
-  } catch (err) {
-    throw new ServerError('config_unsupported', `cannot read ${configPath}: ${(err as Error).message}`, { cause: err });
-  }
-  const cfg = parseModelConfig(raw);
-  const checkpoint = Checkpoint.open(dir);
-  validateCheckpoint(cfg, checkpoint);
-  return { dir, cfg, checkpoint };
-}
 
 /** How big the engine is: context, KV pool, batch. Shared by LoadOptions and the engine thread's init message. */
 export interface EngineSizing {
