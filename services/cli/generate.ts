@@ -114,11 +114,8 @@ async function runGenerate(
   const results = values['no-cache']
     ? await generateRecompute(model.cfg, model.runner, model.experts, prompts, params)
     : await generateCached(model.engine, prompts, params);
-  if (results.some((r) => r.finish_reason === 'error')) {
-    // Routed-expert failures carry their message; the engine's only other error end is a sequence
-    // that can never fit in the KV cache.
-    throw topology?.lastError() ?? new ServerError('resource_exhausted', 'a sequence ended with an error: it cannot fit in the KV cache');
-  }
+  const failed = results.find((r) => r.error);
+  if (failed?.error) throw new ServerError(failed.error.code, failed.error.message);
 
   for (let i = 0; i < results.length; i++) {
     const r = results[i]!;

@@ -24,7 +24,7 @@ function choice(opts: Partial<RunOptions> = {}): ChoiceRun {
 function feed(c: ChoiceRun, ids: number[], finish: FinishReason | null = 'length'): string[] {
   const out: string[] = [];
   for (let i = 0; i < ids.length && c.finishReason === null; i++) {
-    out.push(c.accept({ id: 1, tokenId: ids[i]!, logprobs: null, promptLogprobs: null, finishReason: i === ids.length - 1 ? finish : null }).text);
+    out.push(c.accept({ tokenId: ids[i]!, logprobs: null, promptLogprobs: null, finishReason: i === ids.length - 1 ? finish : null }).text);
   }
   return out;
 }

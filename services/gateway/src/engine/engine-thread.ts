@@ -12,7 +12,7 @@ import type { Engine, StepEvent } from './engine.js';
 import { RedisKvTier } from '../../../kvcache/src/redis-tier.js';
 import { loadModel, type LoadedModel } from './load.js';
 import { readModelConfig } from '../../../model/src/model-dir.js';
-import type { FromEngine, RoutingLoadSnapshot, SerializedLoadOptions, ThreadEvent, ToEngine } from './thread-protocol.js';
+import type { FromEngine, RoutingLoadSnapshot, SerializedLoadOptions, ToEngine } from './thread-protocol.js';
 
 const port = parentPort;
 if (!port) throw new Error('engine-thread must run in a worker thread');
@@ -23,18 +23,18 @@ let topology: Topology | null = null;
 let tier: RedisKvTier | null = null;
 /** Host ids whose prompt is being looked up in the Redis tier (not yet in the engine). */
 const prefetching = new Set<number>();
-const hostIdOf = new Map<number, number>(); // engine seq id -> host id
-const seqIdOf = new Map<number, number>(); // host id -> engine seq id
 let looping = false;
 /** A step is in flight (its forward awaits ONNX Runtime); aborts wait for its end. */
 let stepping = false;
-const pendingAborts: number[] = [];
+/** Ids aborted while a step was in flight: freed after it, and their events of that step dropped. */
+const pendingAborts = new Set<number>();
 let steps = 0;
 let stepSeconds = 0;
 /** Counts last posted to the host (it bounds its waiting queue with them). */
 let postedRunning = -1;
 let postedWaiting = -1;
 const post = (m: FromEngine) => port.postMessage(m);
+const NO_EVENTS: readonly StepEvent[] = Object.freeze([]);
 const log = (message: string, level: 'info' | 'warn' | 'error') => post({ type: 'log', level, message });
 
 port.on('message', (msg: ToEngine) => {
@@ -87,9 +87,7 @@ async function handle(msg: ToEngine): Promise<void> {
         if (!prefetching.delete(msg.id)) return;
       }
       try {
-        const seqId = engine.add(msg.request);
-        hostIdOf.set(seqId, msg.id);
-        seqIdOf.set(msg.id, seqId);
+        engine.add(msg.request, msg.id); // one id per request: the host's
       } catch (err) {
         const e = toServerError(err);
         post({ type: 'rejected', id: msg.id, code: e.code, message: e.message, param: e.param });
@@ -100,16 +98,11 @@ async function handle(msg: ToEngine): Promise<void> {
     }
     case 'abort': {
       if (prefetching.delete(msg.id)) return; // still in the tier lookup: it never joins
-      const seqId = seqIdOf.get(msg.id);
-      if (seqId === undefined || !engine) return;
-      forget(seqId); // its events from now on are dropped
+      if (!engine) return;
       // Messages are handled while a step awaits ONNX Runtime: freeing the sequence's KV blocks
       // then would pull them from under the step. Between steps, it is freed at once.
-      if (stepping) pendingAborts.push(seqId);
-      else {
-        engine.abort(seqId);
-        postCounts([]);
-      }
+      if (stepping) pendingAborts.add(msg.id);
+      else if (engine.abort(msg.id)) postCounts(NO_EVENTS);
       return;
     }
     case 'stats': {
@@ -142,14 +135,8 @@ function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
   };
 }
 
-function forget(seqId: number): void {
-  const hostId = hostIdOf.get(seqId);
-  hostIdOf.delete(seqId);
-  if (hostId !== undefined) seqIdOf.delete(hostId);
-}
-
 /** Posts the step's events, and the engine's counts whenever they changed (the host's queue bound). */
-function postCounts(events: ThreadEvent[]): void {
+function postCounts(events: readonly StepEvent[]): void {
   if (!engine) return;
   const running = engine.numRunning;
   const waiting = engine.numWaiting;
@@ -179,15 +166,11 @@ async function loop(): Promise<void> {
       }
       stepSeconds += (performance.now() - t0) / 1000;
       steps++;
-      for (const seqId of pendingAborts.splice(0)) engine.abort(seqId);
-      const out: ThreadEvent[] = [];
-      for (const ev of events) {
-        const id = hostIdOf.get(ev.seqId);
-        if (id === undefined) continue; // aborted meanwhile
-        if (ev.tokenId < 0 && !ev.finishReason) continue; // a prefill chunk: nothing to report
-        out.push(ev.error ? { id, tokenId: ev.tokenId, logprobs: ev.logprobs, promptLogprobs: ev.promptLogprobs, finishReason: ev.finishReason, error: ev.error } : { id, tokenId: ev.tokenId, logprobs: ev.logprobs, promptLogprobs: ev.promptLogprobs, finishReason: ev.finishReason });
-        if (ev.finishReason) forget(ev.seqId);
-      }
+      for (const id of pendingAborts) engine.abort(id);
+      // The step's events go out as the engine made them, less prefill chunks (nothing to report)
+      // and sequences aborted meanwhile.
+      const out = events.filter((ev) => (ev.tokenId >= 0 || ev.finishReason !== null) && !pendingAborts.has(ev.seqId));
+      pendingAborts.clear();
       postCounts(out);
       // Let queued messages (adds, aborts) in before the next step.
       await new Promise<void>((r) => setImmediate(r));

@@ -65,7 +65,10 @@ export interface StepEvent {
   readonly promptLogprobs: TokenLogprobs[] | null;
   readonly lastPromptLogits: Float32Array | null;
   readonly finishReason: FinishReason | null;
-  /** Why the sequence ended, when finishReason is 'error' (e.g. experts_unavailable -> HTTP 503). */
+  /**
+   * Why the sequence ended; set exactly when finishReason is 'error' (experts_unavailable ->
+   * HTTP 503; resource_exhausted when it can never fit in the KV cache).
+   */
   readonly error?: { readonly code: ErrorCode; readonly message: string };
 }
 
@@ -75,6 +78,9 @@ export interface StepEvent {
  * step). Any other error from forward is a bug and propagates.
  */
 const ROUTED_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['experts_unavailable', 'deadline_exceeded']);
+
+/** The scheduler's own error end: a sequence the empty pool cannot hold (it never will). */
+const NEVER_FITS = Object.freeze({ code: 'resource_exhausted' as const, message: 'the sequence cannot fit in the KV cache' });
 
 /** Shared by every top-0 logprobs result: length 0, so nothing can be written through them. */
 const NO_IDS = new Int32Array(0);
@@ -147,8 +153,12 @@ export class Engine {
     return this.running.length + this.waiting.length > 0;
   }
 
-  /** Queues a request; returns its sequence id. Validation errors are thrown here, never in step(). */
-  add(req: EngineRequest): number {
+  /**
+   * Queues a request; returns its sequence id: `id` when the caller gives one (the gateway's
+   * request id, carried unchanged to events; a caller gives ids always or never), else the
+   * engine's next. Validation errors are thrown here, never in step().
+   */
+  add(req: EngineRequest, id: number = this.nextId++): number {
     const V = this.cfg.vocabSize;
     if (req.promptIds.length === 0) throw new ServerError('invalid_request', 'the prompt is empty', { param: 'prompt' });
     for (const id of req.promptIds) {
@@ -158,7 +168,7 @@ export class Engine {
     if (total > this.opts.maxModelLen) {
       throw new ServerError('context_length_exceeded', `This model's maximum context length is ${this.opts.maxModelLen} tokens. However, you requested ${total} tokens (${req.promptIds.length} in the messages, ${req.maxTokens} in the completion).`, { param: 'max_tokens' });
     }
-    const id = this.nextId++;
+    if (this.seqs.has(id)) throw new ServerError('internal', `sequence id ${id} is in use`);
     const s: SeqState = {
       id,
       req,
@@ -423,7 +433,7 @@ export class Engine {
       // Nothing runs and the head of the queue cannot fit in an empty pool: it never will.
       const s = this.waiting[0]!;
       this.release(s);
-      this.failed.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error' });
+      this.failed.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error', error: NEVER_FITS });
     }
     return plan;
   }

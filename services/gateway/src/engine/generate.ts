@@ -6,6 +6,7 @@
  *
  * Results use the field names of a prompt entry in a golden fixture's expected.json.
  */
+import type { ErrorCode } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
 import { topLogprobs } from '../sampling/logprobs.js';
 import { createSamplerScratch, SequenceSampler, type SamplingParams } from '../sampling/sampler.js';
@@ -29,6 +30,8 @@ export interface GenerationResult {
   /** Full logits at the last prompt position. */
   last_logits: number[];
   finish_reason: FinishReason;
+  /** Why it ended, when finish_reason is 'error' (the engine's event error; absent otherwise). */
+  error?: { readonly code: ErrorCode; readonly message: string };
 }
 
 function top5(logits: Float32Array): number[] {
@@ -68,6 +71,7 @@ export async function generateCached(engine: Engine, prompts: readonly number[][
       }
       if (ev.finishReason) {
         r.finish_reason = ev.finishReason;
+        if (ev.error) r.error = ev.error;
         pending.delete(ev.seqId);
       }
     }

@@ -9,8 +9,8 @@ import { Worker } from 'node:worker_threads';
 import { ServerError } from '../../../common/src/errors.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
-import type { EngineRequest } from './engine.js';
-import type { EngineStatsSnapshot, FromEngine, SerializedLoadOptions, ThreadEvent, ToEngine } from './thread-protocol.js';
+import type { EngineStatsSnapshot, FromEngine, SerializedLoadOptions, ToEngine } from './thread-protocol.js';
+import type { EngineRequest, StepEvent } from './engine.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const TS_ENTRY = path.resolve(HERE, '../../../common/src/ts-entry.mjs');
@@ -18,7 +18,7 @@ const THREAD_MAIN = path.resolve(HERE, 'engine-thread.ts');
 /** How long close() lets the thread stop its workers before terminating it, ms. */
 const SHUTDOWN_GRACE_MS = 5000;
 
-export type EventListener = (ev: ThreadEvent) => void;
+export type EventListener = (ev: StepEvent) => void;
 
 export interface HostHooks {
   /** The engine thread died or a step failed; every in-flight request already got an error event. */
@@ -162,9 +162,9 @@ export class EngineHost {
       case 'events':
         this.running = m.running;
         for (const ev of m.events) {
-          const l = this.listeners.get(ev.id);
+          const l = this.listeners.get(ev.seqId);
           if (!l) continue;
-          if (ev.finishReason) this.listeners.delete(ev.id);
+          if (ev.finishReason) this.listeners.delete(ev.seqId);
           l.onEvent(ev);
         }
         return;
@@ -194,7 +194,7 @@ export class EngineHost {
   private fail(msg: string): void {
     // Every in-flight request ends with an error; a later submit is refused.
     this.dead = msg;
-    for (const [id, l] of this.listeners) l.onEvent({ id, tokenId: -1, logprobs: null, promptLogprobs: null, finishReason: 'error', error: { code: 'internal', message: msg } });
+    for (const [id, l] of this.listeners) l.onEvent({ seqId: id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error', error: { code: 'internal', message: msg } });
     this.listeners.clear();
     for (const w of this.statsWaiters) w.reject(new ServerError('internal', msg));
     this.statsWaiters = [];

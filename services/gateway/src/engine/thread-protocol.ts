@@ -6,7 +6,11 @@
  *
  * main -> engine: init (model dir + load options), add (a request, keyed by the host's id),
  *                 abort (host id), stats, shutdown
- * engine -> main: ready (model facts), events (one batch per step, keyed by host id, with the
+ * One id per request: the host's id is the engine's sequence id (Engine.add(request, id)), so
+ * events need no translation; the KV manager's sequence handle is the engine's own (a preempted
+ * sequence gets a fresh one).
+ *
+ * engine -> main: ready (model facts), events (the step's StepEvents as the engine made them, with the
  *                 engine's running / waiting counts after the step), rejected (an add that failed
  *                 validation), stats, log (topology messages for the main thread's logger), fatal
  */
@@ -14,7 +18,7 @@ import type { ErrorCode } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { TopologyOptions } from '../../../../router/src/topology.js';
-import type { EngineRequest, FinishReason, TokenLogprobs } from './engine.js';
+import type { EngineRequest, StepEvent } from './engine.js';
 import type { EngineSizing } from './load.js';
 
 /**
@@ -40,17 +44,6 @@ export type ToEngine =
   | { type: 'abort'; id: number }
   | { type: 'stats' }
   | { type: 'shutdown' };
-
-export interface ThreadEvent {
-  /** The host's request id. */
-  readonly id: number;
-  readonly tokenId: number;
-  readonly logprobs: TokenLogprobs | null;
-  readonly promptLogprobs: TokenLogprobs[] | null;
-  readonly finishReason: FinishReason | null;
-  /** Why the sequence ended, when finishReason is 'error' (experts_unavailable -> HTTP 503). */
-  readonly error?: { code: ErrorCode; message: string };
-}
 
 /**
  * Routed load per MoE layer since start, for /metrics (rows per expert, rows per worker,
@@ -85,7 +78,7 @@ export interface EngineStatsSnapshot {
 
 export type FromEngine =
   | { type: 'ready'; cfg: MoeModelConfig; maxModelLen: number; maxNumSeqs: number; kv: KvStats; topology: string }
-  | { type: 'events'; events: ThreadEvent[]; running: number; waiting: number }
+  | { type: 'events'; events: readonly StepEvent[]; running: number; waiting: number }
   | { type: 'rejected'; id: number; code: ErrorCode; message: string; param?: string }
   | { type: 'stats'; stats: EngineStatsSnapshot }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }

@@ -3,12 +3,12 @@
  * engine on its own thread so that no request handler ever waits on ONNX Runtime.
  */
 import type { ServerError } from '../../../common/src/errors.js';
-import type { EngineRequest } from '../engine/engine.js';
-import type { EngineStatsSnapshot, ThreadEvent } from '../engine/thread-protocol.js';
+import type { EngineRequest, StepEvent } from '../engine/engine.js';
+import type { EngineStatsSnapshot } from '../engine/thread-protocol.js';
 
 export interface EngineClient {
   /** Queues one sequence; events arrive until one carries a finishReason. Returns its id. */
-  submit(request: EngineRequest, onEvent: (ev: ThreadEvent) => void, onReject: (e: ServerError) => void): number;
+  submit(request: EngineRequest, onEvent: (ev: StepEvent) => void, onReject: (e: ServerError) => void): number;
   /** Ends a sequence now; its KV blocks are freed at once. */
   abort(id: number): void;
   stats(): Promise<EngineStatsSnapshot>;

@@ -2,7 +2,7 @@
  * One generation request from submission to its last token: the OpenAI request's prompts × n
  * become sequences in the engine (EngineClient.submit); each sequence's events become text.
  *
- *   SequenceSpec (prompt ids + EngineRequest) -> EngineClient.submit -> ThreadEvent per step
+ *   SequenceSpec (prompt ids + EngineRequest) -> EngineClient.submit -> StepEvent per step
  *     -> ChoiceRun.accept: IncrementalDetokenizer (UTF-8-safe) -> StopChecker (stop strings
  *        across tokens, held back until safe) -> ChoiceDelta (final text + the step's tokens)
  *     -> RequestRun.onDelta (the route: an SSE chunk, or nothing until `done` for a JSON body)
@@ -12,9 +12,8 @@
  * the engine (experts unavailable) fails the whole request the same way. A stop string ends its
  * sequence here: the engine is told to abort it.
  */
-import { ServerError, type ErrorCode } from '../../../common/src/errors.js';
-import type { EngineRequest, TokenLogprobs } from '../engine/engine.js';
-import type { ThreadEvent } from '../engine/thread-protocol.js';
+import { ServerError, toServerError, type ErrorCode } from '../../../common/src/errors.js';
+import type { EngineRequest, StepEvent, TokenLogprobs } from '../engine/engine.js';
 import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
 import { StopChecker } from '../tokenizer/stop.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -101,7 +100,7 @@ export class ChoiceRun {
   }
 
   /** One engine event (a token, maybe with a finish) -> the text that became final. */
-  accept(ev: ThreadEvent): ChoiceDelta {
+  accept(ev: Pick<StepEvent, 'tokenId' | 'logprobs' | 'promptLogprobs' | 'finishReason'>): ChoiceDelta {
     const from = this.tokenIds.length;
     if (ev.promptLogprobs) this.promptLogprobs = ev.promptLogprobs;
     let text = '';
@@ -175,7 +174,7 @@ export class RequestRun {
         this.opts.observer.promptTokens(c.promptIds.length);
       }
     } catch (err) {
-      this.cancel(err instanceof ServerError ? err : new ServerError('internal', String(err)));
+      this.cancel(toServerError(err));
       throw err;
     }
     if (this.opts.timeoutMs > 0) {
@@ -202,11 +201,11 @@ export class RequestRun {
     if (this.timer) clearTimeout(this.timer);
   }
 
-  private onEvent(c: ChoiceRun, ev: ThreadEvent): void {
+  private onEvent(c: ChoiceRun, ev: StepEvent): void {
     if (this.settled) return;
     if (ev.finishReason === 'error' || ev.finishReason === 'abort') {
-      const code: ErrorCode = ev.error?.code ?? (ev.finishReason === 'abort' ? 'cancelled' : 'resource_exhausted');
-      this.fail(new ServerError(code, ev.error?.message ?? (code === 'resource_exhausted' ? 'the sequence cannot fit in the KV cache' : 'the sequence was aborted')));
+      // The engine sets the error (its code) on every 'error' end; an 'abort' end is a cancellation.
+      this.fail(ev.error ? new ServerError(ev.error.code, ev.error.message) : new ServerError('cancelled', 'the sequence was aborted'));
       return;
     }
     const now = performance.now();
@@ -223,7 +222,7 @@ export class RequestRun {
     try {
       delta = c.accept(ev);
     } catch (err) {
-      this.fail(err instanceof ServerError ? err : new ServerError('internal', (err as Error).message, { cause: err }));
+      this.fail(toServerError(err));
       return;
     }
     if (delta.finishReason !== null) {
@@ -235,7 +234,7 @@ export class RequestRun {
     try {
       this.onDelta(c, delta);
     } catch (err) {
-      this.fail(err instanceof ServerError ? err : new ServerError('internal', (err as Error).message, { cause: err }));
+      this.fail(toServerError(err));
       return;
     }
     if (this.remaining === 0) {
