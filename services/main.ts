@@ -19,6 +19,7 @@ commands:
   make-checkpoint   write a seeded random Hugging Face checkpoint from a preset
   serve             serve the OpenAI API
   worker            run an expert worker
+  experiment        sweeps over experts / top-k / workers queued on BullMQ (moeserve experiment --help)
 `;
 
 /** The errors node:util parseArgs throws for bad command lines (ERR_PARSE_ARGS_UNKNOWN_OPTION, ...). */
@@ -41,6 +42,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void
         break;
       case 'worker':
         await (await import('./cli/worker.js')).workerCommand(rest, env);
+        break;
+      case 'experiment':
+        await (await import('./cli/experiment.js')).experimentCommand(rest, env);
         break;
       case undefined:
       case '-h':

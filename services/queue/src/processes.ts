@@ -1,0 +1,161 @@
+/**
+ * The real processes of one run, started through the CLI exactly as an operator would:
+ *   node bin/moeserve.mjs worker --model DIR --experts LIST --host H --port 0 --exit-with-stdin
+ *       (optionally under `ip netns exec NS`, which execs in place: same pid)
+ *   node bin/moeserve.mjs serve --model DIR --port P [--worker-addrs a,b] [--wire-dtype D] ...
+ * plus one watchdog (`sh`) that reads our stdin pipe: if this process dies, even by SIGKILL, the
+ * pipe closes and the watchdog kills the gateway and workers and deletes the run's namespaces, so
+ * a crashed experiment worker leaves no server behind holding ports and cores.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const MOESERVE_BIN = path.resolve(HERE, '../../../bin/moeserve.mjs');
+/** The worker's ready line on stdout (workers/src/main.ts READY_PREFIX: the CLI's contract). */
+const READY_PREFIX = 'MOESERVE_WORKER_READY ';
+const TAIL_LINES = 12;
+
+export interface Proc {
+  readonly name: string;
+  readonly child: ChildProcess;
+  /** Last stderr / stdout lines (for failure reasons). */
+  tail(): string;
+}
+
+function track(name: string, child: ChildProcess, onLine?: (line: string) => void): Proc {
+  const lines: string[] = [];
+  const feed = (stream: NodeJS.ReadableStream | null) => {
+    if (!stream) return;
+    let buf = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        onLine?.(line);
+        if (line.startsWith(READY_PREFIX)) continue;
+        lines.push(line.length > 400 ? `${line.slice(0, 400)}...` : line);
+        if (lines.length > TAIL_LINES) lines.shift();
+      }
+      if (buf.length > 65536) buf = buf.slice(-65536);
+    });
+  };
+  feed(child.stdout);
+  feed(child.stderr);
+  return { name, child, tail: () => lines.join(' / ') };
+}
+
+function exitedPromise(p: ChildProcess): Promise<string> {
+  return new Promise((resolve) => {
+    if (p.exitCode !== null || p.signalCode !== null) resolve(p.signalCode ?? `code ${p.exitCode}`);
+    else p.once('exit', (code, sig) => resolve(sig ?? `code ${code}`));
+  });
+}
+
+export interface StartedWorker extends Proc {
+  /** host:port the gateway dials. */
+  readonly address: string;
+}
+
+/** Starts one expert worker and waits for its ready line. */
+export async function startWorker(o: { modelDir: string; experts: string; host: string; namespace: string | null; threads: number; id: string; timeoutMs: number }): Promise<StartedWorker> {
+  const args = [MOESERVE_BIN, 'worker', '--model', o.modelDir, '--experts', o.experts, '--host', o.host, '--port', '0', '--threads', String(o.threads), '--id', o.id, '--log-level', 'warn', '--exit-with-stdin'];
+  const child = o.namespace ? spawn('ip', ['netns', 'exec', o.namespace, process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let resolveReady!: (port: number) => void;
+  const ready = new Promise<number>((r) => (resolveReady = r));
+  const proc = track(o.id, child, (line) => {
+    if (line.startsWith(READY_PREFIX)) resolveReady((JSON.parse(line.slice(READY_PREFIX.length)) as { port: number }).port);
+  });
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const port = await Promise.race([
+      ready,
+      exitedPromise(child).then((how) => Promise.reject(new Error(`worker ${o.id} exited during start (${how}): ${proc.tail()}`))),
+      new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`worker ${o.id} not ready within ${o.timeoutMs} ms: ${proc.tail()}`)), o.timeoutMs))),
+      new Promise<never>((_, rej) => child.once('error', (e) => rej(new Error(`worker ${o.id} failed to start: ${e.message}`)))),
+    ]);
+    return { ...proc, address: `${o.host}:${port}` };
+  } catch (err) {
+    await stopProc(proc);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export interface StartedGateway extends Proc {
+  readonly url: string;
+}
+
+/** Starts `moeserve serve` on a free loopback port and waits until /health answers 200. */
+export async function startGateway(o: { modelDir: string; args: readonly string[]; timeoutMs: number }): Promise<StartedGateway> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [MOESERVE_BIN, 'serve', '--model', o.modelDir, '--host', '127.0.0.1', '--port', String(port), '--log-level', 'warn', ...o.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = track('gateway', child);
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + o.timeoutMs;
+  let exitedHow: string | null = null;
+  void exitedPromise(child).then((how) => (exitedHow = how));
+  // Bounded: one probe per 100 ms until the deadline.
+  while (Date.now() < deadline) {
+    if (exitedHow !== null) throw new Error(`gateway exited during start (${exitedHow}): ${proc.tail()}`);
+    try {
+      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
+      await res.arrayBuffer();
+      if (res.status === 200) return { ...proc, url };
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await stopProc(proc);
+  throw new Error(`gateway not healthy within ${o.timeoutMs} ms: ${proc.tail()}`);
+}
+
+/** SIGTERM, then SIGKILL after graceMs; resolves when the process has exited. */
+export async function stopProc(p: Proc, graceMs = 5000): Promise<void> {
+  const c = p.child;
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const done = exitedPromise(c);
+  c.kill('SIGTERM');
+  const timer = setTimeout(() => c.kill('SIGKILL'), graceMs);
+  await done;
+  clearTimeout(timer);
+}
+
+/**
+ * A watchdog for the run's processes: when our end of its stdin closes (we exited, however), it
+ * SIGKILLs the pids and deletes the namespaces. `disarm()` ends it without killing anything.
+ */
+export function startWatchdog(pids: readonly number[], namespaces: readonly string[]): { disarm(): void } {
+  const kill = pids.length ? `kill -9 ${pids.join(' ')} 2>/dev/null;` : '';
+  const del = namespaces.map((n) => `ip netns del ${n} 2>/dev/null;`).join(' ');
+  // `read` returns at EOF (we died) or on a line (disarm): only EOF triggers the cleanup.
+  const script = `if read -r line; then exit 0; fi; ${kill} ${del} exit 0`;
+  const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+  child.unref();
+  (child.stdin as unknown as { unref?: () => void }).unref?.();
+  return {
+    disarm() {
+      if (child.stdin && !child.stdin.destroyed) child.stdin.end('disarm\n');
+    },
+  };
+}
+
+/** A loopback port nothing listens on right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
+    });
+  });
+}
