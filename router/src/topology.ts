@@ -200,6 +200,8 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
           opts.runtime.device === 'cuda' ? `cuda:${opts.runtime.deviceId}` : 'cpu',
           '--threads',
           String(opts.runtime.intraOpThreads),
+          '--quantization',
+          opts.runtime.quantization ?? 'none',
           '--max-message-bytes',
           String(opts.dispatch.maxMessageBytes),
           '--id',

@@ -2,21 +2,25 @@
  * Flags shared by commands, and their conversion into frozen option objects.
  */
 import { ServerError } from '../common/src/errors.js';
-import type { Device, RuntimeOptions } from '../model/src/runtime/onnx.js';
+import { QUANTIZATIONS, type Quantization } from '../model/src/graphs/linear.js';
+import { DEFAULT_RUNTIME, type Device, type RuntimeOptions } from '../model/src/runtime/onnx.js';
 
 export const RUNTIME_FLAGS = {
-  device: { type: 'string', default: 'cpu' },
+  device: { type: 'string', default: DEFAULT_RUNTIME.device },
   mla: { type: 'string', default: 'absorbed' },
-  threads: { type: 'string', default: '1' },
+  threads: { type: 'string', default: String(DEFAULT_RUNTIME.intraOpThreads) },
+  quantization: { type: 'string', default: DEFAULT_RUNTIME.quantization },
 } as const;
 
-export function runtimeFromFlags(values: { device?: string; mla?: string; threads?: string }, log: RuntimeOptions['log']): RuntimeOptions {
+export function runtimeFromFlags(values: { device?: string; mla?: string; threads?: string; quantization?: string }, log: RuntimeOptions['log']): RuntimeOptions {
   const device = (values.device ?? 'cpu').split(':');
   if (device[0] !== 'cpu' && device[0] !== 'cuda') throw new ServerError('invalid_request', `--device must be cpu or cuda[:N], got ${values.device}`);
   if (values.mla !== undefined && values.mla !== 'naive' && values.mla !== 'absorbed') throw new ServerError('invalid_request', `--mla must be naive or absorbed, got ${values.mla}`);
-  const threads = Number(values.threads ?? '1');
+  const threads = Number(values.threads ?? DEFAULT_RUNTIME.intraOpThreads);
   if (!Number.isInteger(threads) || threads < 1) throw new ServerError('invalid_request', `--threads must be a positive integer, got ${values.threads}`);
-  return Object.freeze({ device: device[0] as Device, deviceId: device[1] ? Number(device[1]) : 0, intraOpThreads: threads, log });
+  const quantization = (values.quantization ?? DEFAULT_RUNTIME.quantization) as Quantization;
+  if (!QUANTIZATIONS.includes(quantization)) throw new ServerError('invalid_request', `--quantization must be one of ${QUANTIZATIONS.join(', ')}, got ${values.quantization}`);
+  return Object.freeze({ device: device[0] as Device, deviceId: device[1] ? Number(device[1]) : 0, intraOpThreads: threads, quantization, log });
 }
 
 /** "1,2,3" -> [1, 2, 3]; a clear error naming the flag otherwise. */

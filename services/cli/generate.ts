@@ -32,7 +32,8 @@ const HELP = `usage: moeserve generate --model DIR (--prompt-ids 1,2,3 | --promp
   --no-cache             recompute the whole sequence every step (the reference path)
   --device cpu|cuda      execution provider (default cpu; cuda falls back to cpu)
   --mla naive|absorbed   MLA attention form (default absorbed)
-  --threads N            ONNX Runtime intra-op threads (default 1)
+  --threads N            ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
+  --quantization Q       weight format: none (fp32, exact) | int8 (weight-only, blocks of 32) (default ${RUNTIME_FLAGS.quantization.default})
 expert workers (the output is the same as in one process):
 ${TOPOLOGY_HELP}`;
 

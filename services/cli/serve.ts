@@ -37,7 +37,9 @@ const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-
   --log-level L                pino level: trace | debug | info | warn | error (default info)
   --device cpu|cuda[:N]        execution provider (default cpu; cuda falls back to cpu)
   --mla naive|absorbed         MLA attention form (default absorbed)
-  --threads N                  ONNX Runtime intra-op threads (default 1)
+  --threads N                  ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
+  --quantization Q             weight format: none (fp32, exact to the checkpoint) | int8 (weight-only,
+                               blocks of 32, quantized at load) (default ${RUNTIME_FLAGS.quantization.default})
 expert workers (the output is the same as in one process):
 ${TOPOLOGY_HELP}`;
 
@@ -125,6 +127,7 @@ export async function serveCommand(argv: string[], env: NodeJS.ProcessEnv): Prom
         device: runtime.device,
         deviceId: runtime.deviceId,
         intraOpThreads: runtime.intraOpThreads,
+        quantization: runtime.quantization,
         mlaImpl: values.mla === 'naive' ? 'naive' : 'absorbed',
         maxModelLen: positiveInt(values['max-model-len'], '--max-model-len'),
         kvCacheBytes: parseBytes(values['kv-cache-bytes'], '--kv-cache-bytes'),

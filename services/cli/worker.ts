@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { DEFAULT_MAX_MESSAGE_BYTES, readTls } from '../../proto/index.js';
 import { defaultWorkerId, READY_PREFIX, startWorker } from '../../workers/src/main.js';
 import { ServerError } from '../common/src/errors.js';
-import { runtimeFromFlags } from './flags.js';
+import { runtimeFromFlags, RUNTIME_FLAGS } from './flags.js';
 
 const HELP = `usage: moeserve worker --model DIR [--experts SPEC] [--port P | --socket PATH] [flags]
   --model DIR              Hugging Face checkpoint folder (the gateway's)
@@ -22,7 +22,8 @@ const HELP = `usage: moeserve worker --model DIR [--experts SPEC] [--port P | --
   --host H                 address to listen on (default 127.0.0.1; 0.0.0.0 for other nodes)
   --socket PATH            listen on a Unix socket instead of TCP
   --device cpu|cuda[:N]    execution provider (cuda falls back to cpu with a warning) (default cpu)
-  --threads N              ONNX Runtime intra-op threads (default 1)
+  --threads N              ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
+  --quantization Q         weight format of the experts: none (fp32) | int8 (default ${RUNTIME_FLAGS.quantization.default})
   --max-message-bytes N    gRPC send/receive limit (default ${DEFAULT_MAX_MESSAGE_BYTES})
   --tls-cert F --tls-key F serve TLS with this certificate and key (PEM)
   --tls-ca F               require client certificates signed by this CA (mutual TLS)
@@ -40,8 +41,9 @@ export async function workerCommand(argv: string[], _env: NodeJS.ProcessEnv): Pr
       port: { type: 'string', default: '0' },
       host: { type: 'string', default: '127.0.0.1' },
       socket: { type: 'string' },
-      device: { type: 'string', default: 'cpu' },
-      threads: { type: 'string', default: '1' },
+      device: RUNTIME_FLAGS.device,
+      threads: RUNTIME_FLAGS.threads,
+      quantization: RUNTIME_FLAGS.quantization,
       'max-message-bytes': { type: 'string', default: String(DEFAULT_MAX_MESSAGE_BYTES) },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },

@@ -52,7 +52,7 @@ export class ExpertShard {
       for (const e of sorted) {
         if (!Number.isInteger(e) || e < 0 || e >= cfg.moe.nRoutedExperts) throw new ServerError('invalid_request', `expert ${e} out of range [0, ${cfg.moe.nRoutedExperts})`);
       }
-      const session = await OrtSession.create(`experts_${layer}`, buildRoutedExperts(ws, cfg, layer, sorted), runtime);
+      const session = await OrtSession.create(`experts_${layer}`, buildRoutedExperts(ws, cfg, layer, sorted, { quantization: runtime.quantization ?? 'none' }), runtime);
       const localIndex = new Int32Array(cfg.moe.nRoutedExperts).fill(-1);
       sorted.forEach((e, i) => (localIndex[e] = i));
       shard.layers.set(layer, { session, experts: sorted, localIndex });

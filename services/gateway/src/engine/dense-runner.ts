@@ -16,6 +16,7 @@ import { ServerError } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
 import { buildGqaAttention, buildMlaAttention, cacheRowElements, type MlaImpl } from '../../../model/src/graphs/attention.js';
 import { buildDenseMlp, buildEmbedding, buildLmHead, buildSharedExpert } from '../../../model/src/graphs/mlp.js';
+import type { GraphOptions } from '../../../model/src/graphs/linear.js';
 import { RopeTable } from '../../../model/src/graphs/rope.js';
 import type { WeightSource } from '../../../model/src/graphs/source.js';
 import * as W from '../../../model/src/names.js';
@@ -194,20 +195,21 @@ export class DenseRunner {
 
   static async load(cfg: MoeModelConfig, ws: WeightSource, opts: DenseRunnerOptions): Promise<DenseRunner> {
     const rt = opts.runtime;
+    const gopts: GraphOptions = { quantization: rt.quantization ?? 'none' };
     const embed = await OrtSession.create('embedding', buildEmbedding(ws, cfg), rt);
-    const head = await OrtSession.create('lm_head', buildLmHead(ws, cfg), rt);
+    const head = await OrtSession.create('lm_head', buildLmHead(ws, cfg, gopts), rt);
     const units: LayerUnits[] = [];
     for (const layer of cfg.layers) {
       const l = layer.index;
       const g = new GraphBuilder(`attention_${l}`);
-      if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l);
-      else buildMlaAttention(g, ws, cfg, l, opts.mlaImpl);
+      if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l, gopts);
+      else buildMlaAttention(g, ws, cfg, l, opts.mlaImpl, gopts);
       const attn = await OrtSession.create(`attention_${l}`, g.toModel(), rt);
       const isMoe = layer.mlp === 'moe';
       units.push({
         attn,
-        dense: isMoe ? null : await OrtSession.create(`dense_mlp_${l}`, buildDenseMlp(ws, cfg, l), rt),
-        shared: isMoe && cfg.moe.shared ? await OrtSession.create(`shared_expert_${l}`, buildSharedExpert(ws, cfg, l), rt) : null,
+        dense: isMoe ? null : await OrtSession.create(`dense_mlp_${l}`, buildDenseMlp(ws, cfg, l, gopts), rt),
+        shared: isMoe && cfg.moe.shared ? await OrtSession.create(`shared_expert_${l}`, buildSharedExpert(ws, cfg, l, gopts), rt) : null,
         correctionBias: isMoe && cfg.moe.useCorrectionBias ? ws.readF32(W.correctionBias(l)) : null,
       });
     }

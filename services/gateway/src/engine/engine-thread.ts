@@ -42,7 +42,7 @@ port.on('message', (msg: ToEngine) => {
 });
 
 async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
-  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
+  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
   let experts: RoutedExperts | undefined;
   if (o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0)) {
     topology = await startTopology(readModelConfig(modelDir), { ...o.experts, modelDir, runtime, log });
@@ -158,7 +158,7 @@ async function loop(): Promise<void> {
     while (engine && engine.hasWork()) {
       const t0 = performance.now();
       stepping = true;
-      let events: StepEvent[];
+      let events: readonly StepEvent[];
       try {
         events = await engine.step();
       } finally {

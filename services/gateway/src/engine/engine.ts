@@ -103,6 +103,17 @@ interface SeqState {
   readonly shareKey: string | null;
   /** Chain hashes of the prompt's full blocks, computed once (prefix caching). */
   hashes: Float64Array | undefined;
+  /** In `running` (replaces an O(n) includes() per scheduled sequence). */
+  isRunning: boolean;
+  /** The step that last planned it, and its token count there (replace a per-step plan object and Set). */
+  plannedAt: number;
+  chunk: number;
+  /** Its ForwardSeq, rewritten each step it runs (one object per sequence, not per step). */
+  readonly fwd: { tokens: ArrayLike<number>; pastLen: number; kvSeqId: number; logits: ForwardSeq['logits'] };
+  /** A decode's one token id (reused: a decode step allocates no token array). */
+  readonly decodeToken: Int32Array;
+  /** Its event for a step that only advanced a prefill (one frozen object per sequence). */
+  readonly progress: StepEvent;
 }
 
 export interface EngineOptions {
@@ -131,6 +142,13 @@ export class Engine {
   private readonly groups = new Map<string, { leader: SeqState; followers: SeqState[] }>();
   /** One vocab-sized scratch for every sampler: sequences are sampled one at a time. */
   private readonly samplerScratch: SamplerScratch;
+  // Per-step scratch, reused across steps (the step path allocates no arrays: avoid GC, as the KV
+  // pool and gating do). `events` is what step() returns: valid until the next step().
+  private readonly plan: SeqState[] = [];
+  private readonly fwdSeqs: ForwardSeq[] = [];
+  private readonly order: SeqState[] = [];
+  private readonly events: StepEvent[] = [];
+  private stepNo = 0;
 
   constructor(
     readonly cfg: MoeModelConfig,
@@ -183,6 +201,12 @@ export class Engine {
       salt: req.cacheSalt ?? null,
       shareKey: req.shareKey ?? null,
       hashes: undefined,
+      isRunning: false,
+      plannedAt: -1,
+      chunk: 0,
+      fwd: { tokens: NO_IDS, pastLen: 0, kvSeqId: -1, logits: 'none' },
+      decodeToken: new Int32Array(1),
+      progress: Object.freeze({ seqId: id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: null }),
     };
     this.seqs.set(id, s);
     if (s.shareKey !== null) {
@@ -210,7 +234,7 @@ export class Engine {
     s.kvSeqId = -1;
     this.seqs.delete(s.id);
     remove(this.waiting, s);
-    remove(this.running, s);
+    this.leaveRunning(s);
     this.dissolveGroup(s);
   }
 
@@ -245,7 +269,7 @@ export class Engine {
       f.kvSeqId = child;
       f.numComputed = this.kv.numTokens(child);
       f.promptLogprobs = leader.promptLogprobs;
-      this.running.push(f);
+      this.enterRunning(f);
       const ev = this.sampleNext(f, logits);
       events.push(ev);
       if (ev.finishReason) this.release(f);
@@ -258,27 +282,54 @@ export class Engine {
     s.kvSeqId = -1;
     s.numComputed = 0;
     // Prompt logprobs were already delivered; recomputation needs none.
-    remove(this.running, s);
+    this.leaveRunning(s);
     this.waiting.unshift(s);
     this.preemptions++;
   }
 
-  /** One forward pass over the scheduled sequences; returns one event per scheduled sequence. */
-  async step(): Promise<StepEvent[]> {
+  private enterRunning(s: SeqState): void {
+    this.running.push(s);
+    s.isRunning = true;
+  }
+
+  private leaveRunning(s: SeqState): void {
+    if (!s.isRunning) return;
+    remove(this.running, s);
+    s.isRunning = false;
+  }
+
+  /**
+   * One forward pass over the scheduled sequences; returns one event per scheduled sequence. The
+   * returned array is reused by the next step() (read it, or copy it, before calling again).
+   */
+  async step(): Promise<readonly StepEvent[]> {
+    const events = this.events;
+    events.length = 0;
     const plan = this.schedule();
-    if (this.failed.length > 0) return this.failed.splice(0);
-    if (plan.length === 0) return [];
-    const fwd: ForwardSeq[] = plan.map(({ s, n }) => {
+    if (this.failed.length > 0) {
+      for (let i = 0; i < this.failed.length; i++) events.push(this.failed[i]!);
+      this.failed.length = 0;
+      return events;
+    }
+    if (plan.length === 0) return events;
+    const fwd = this.fwdSeqs;
+    fwd.length = 0;
+    for (let i = 0; i < plan.length; i++) {
+      const s = plan[i]!;
+      const n = s.chunk;
+      const f = s.fwd;
       const finishesPrompt = s.numComputed + n >= s.tokens.length;
       // prompt logprobs are computed once, on the first pass (not again after a preemption)
       const wantAll = s.req.promptLogprobs !== null && s.generated === 0 && s.numComputed < s.promptLen;
-      return {
-        tokens: s.tokens.slice(s.numComputed, s.numComputed + n),
-        pastLen: s.numComputed,
-        kvSeqId: s.kvSeqId,
-        logits: wantAll ? 'all' : finishesPrompt ? 'last' : 'none',
-      };
-    });
+      if (n === 1) {
+        s.decodeToken[0] = s.tokens[s.numComputed]!;
+        f.tokens = s.decodeToken;
+      } else f.tokens = s.tokens.slice(s.numComputed, s.numComputed + n); // a prefill chunk: one copy per chunk
+      f.pastLen = s.numComputed;
+      f.kvSeqId = s.kvSeqId;
+      f.logits = wantAll ? 'all' : finishesPrompt ? 'last' : 'none';
+      fwd.push(f);
+    }
     let res: ForwardResult;
     try {
       res = await this.runner.forward(fwd, this.kv, this.experts);
@@ -286,23 +337,25 @@ export class Engine {
       if (!(err instanceof ServerError) || !ROUTED_FAILURES.has(err.code)) throw err;
       // KV rows this step wrote past numComputed belong to these sequences and are freed with them.
       const error = { code: err.code, message: err.message };
-      return plan.map(({ s }) => {
+      for (let i = 0; i < plan.length; i++) {
+        const s = plan[i]!;
         this.release(s);
-        return { seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error' as const, error };
-      });
+        events.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: 'error', error });
+      }
+      return events;
     }
     const V = this.cfg.vocabSize;
-    const events: StepEvent[] = [];
     for (let i = 0; i < plan.length; i++) {
-      const { s, n } = plan[i]!;
-      const f = fwd[i]!;
+      const s = plan[i]!;
+      const n = s.chunk;
+      const f = s.fwd;
       const start = s.numComputed;
       s.numComputed += n;
       this.kv.advance(s.kvSeqId, n);
       // Newly filled blocks become findable by later requests (and by this one after a preemption).
       if (this.prefixCaching) this.kv.commitFullBlocks(s.kvSeqId, s.tokens, s.salt);
       if (f.logits === 'none') {
-        events.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: null });
+        events.push(s.progress);
         continue;
       }
       const row0 = res.logitRow[i]!;
@@ -316,7 +369,7 @@ export class Engine {
         }
       }
       if (s.numComputed < s.tokens.length) {
-        events.push({ seqId: s.id, tokenId: -1, logprobs: null, promptLogprobs: null, lastPromptLogits: null, finishReason: null });
+        events.push(s.progress);
         continue;
       }
       const logits = res.logits.subarray(lastRow * V, (lastRow + 1) * V);
@@ -372,25 +425,34 @@ export class Engine {
     return this.kv.matchPrefix(s.tokens, s.tokens.length, s.salt, s.hashes);
   }
 
-  /** Picks this step's (sequence, token count) pairs and makes sure their KV slots exist. */
-  private schedule(): { s: SeqState; n: number }[] {
+  /**
+   * Picks this step's sequences (each with its `chunk` of tokens) and makes sure their KV slots
+   * exist. Returns the reused plan array; allocates nothing (admission's prefix match aside).
+   */
+  private schedule(): readonly SeqState[] {
     let budget = this.opts.maxBatchedTokens;
-    const plan: { s: SeqState; n: number }[] = [];
-    // 1. running sequences in admission order, decodes before prefill chunks
-    const planned = new Set<SeqState>();
-    const isDecode = (s: SeqState) => s.numComputed === s.tokens.length - 1;
-    const ordered = [...this.running.filter(isDecode), ...this.running.filter((s) => !isDecode(s))];
-    for (const s of ordered) {
+    const step = ++this.stepNo;
+    const plan = this.plan;
+    plan.length = 0;
+    // 1. running sequences in admission order, decodes before prefill chunks; a snapshot, since
+    //    preemption edits `running` while we go
+    const order = this.order;
+    order.length = 0;
+    const running = this.running;
+    for (let i = 0; i < running.length; i++) if (isDecode(running[i]!)) order.push(running[i]!);
+    for (let i = 0; i < running.length; i++) if (!isDecode(running[i]!)) order.push(running[i]!);
+    for (let o = 0; o < order.length; o++) {
+      const s = order[o]!;
       if (budget <= 0) break;
-      if (!this.running.includes(s)) continue; // preempted for an older sequence
+      if (!s.isRunning) continue; // preempted for an older sequence
       const n = Math.min(s.tokens.length - s.numComputed, budget);
       let ok = this.kv.ensureCapacity(s.kvSeqId, s.numComputed + n);
       while (!ok) {
         // Preempt the newest running sequence that is not already in this step.
         let victim: SeqState | undefined;
-        for (let i = this.running.length - 1; i >= 0; i--) {
-          const c = this.running[i]!;
-          if (c !== s && !planned.has(c)) {
+        for (let i = running.length - 1; i >= 0; i--) {
+          const c = running[i]!;
+          if (c !== s && c.plannedAt !== step) {
             victim = c;
             break;
           }
@@ -403,12 +465,14 @@ export class Engine {
         this.preempt(s);
         continue;
       }
-      planned.add(s);
-      plan.push({ s, n });
+      s.plannedAt = step;
+      s.chunk = n;
+      plan.push(s);
       budget -= n;
     }
+    order.length = 0; // hold no references between steps
     // 2. admit waiting sequences while budget, seats and blocks allow
-    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
+    while (budget > 0 && this.waiting.length > 0 && running.length < this.opts.maxNumSeqs) {
       const s = this.waiting[0]!;
       const len = s.tokens.length;
       const match = this.matchFor(s);
@@ -425,11 +489,13 @@ export class Engine {
       }
       this.waiting.shift();
       s.kvSeqId = kvSeqId;
-      this.running.push(s);
-      plan.push({ s, n: chunk });
+      this.enterRunning(s);
+      s.plannedAt = step;
+      s.chunk = chunk;
+      plan.push(s);
       budget -= chunk;
     }
-    if (plan.length === 0 && this.waiting.length > 0 && this.running.length === 0) {
+    if (plan.length === 0 && this.waiting.length > 0 && running.length === 0) {
       // Nothing runs and the head of the queue cannot fit in an empty pool: it never will.
       const s = this.waiting[0]!;
       this.release(s);
@@ -439,7 +505,14 @@ export class Engine {
   }
 }
 
+function isDecode(s: SeqState): boolean {
+  return s.numComputed === s.tokens.length - 1;
+}
+
+/** Removes x from arr in place (Array.splice would allocate the removed-elements array). */
 function remove<T>(arr: T[], x: T): void {
   const i = arr.indexOf(x);
-  if (i >= 0) arr.splice(i, 1);
+  if (i < 0) return;
+  for (let j = i + 1; j < arr.length; j++) arr[j - 1] = arr[j]!;
+  arr.pop();
 }

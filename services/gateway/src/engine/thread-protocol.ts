@@ -16,6 +16,7 @@
  */
 import type { ErrorCode } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
+import type { Quantization } from '../../../model/src/graphs/linear.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { TopologyOptions } from '../../../../router/src/topology.js';
 import type { EngineRequest, StepEvent } from './engine.js';
@@ -31,6 +32,8 @@ export interface SerializedLoadOptions extends EngineSizing {
   readonly device: 'cpu' | 'cuda';
   readonly deviceId: number;
   readonly intraOpThreads: number;
+  /** Weight format (RuntimeOptions.quantization). @defaultValue 'none' */
+  readonly quantization?: Quantization;
   readonly mlaImpl: 'naive' | 'absorbed';
   /** Expert workers (router/ topology, started by the engine thread); absent or null = in-process experts. */
   readonly experts?: SerializedTopology | null;

@@ -25,6 +25,7 @@ import type { MoeModelConfig } from '../config.js';
 import * as W from '../names.js';
 import { type GraphBuilder } from '../onnx/graph.js';
 import { DT } from '../onnx/proto.js';
+import { DEFAULT_GRAPH_OPTIONS, projection, type GraphOptions } from './linear.js';
 import { applyRope } from './rope.js';
 import type { WeightSource } from './source.js';
 
@@ -47,6 +48,11 @@ function weight(g: GraphBuilder, ws: WeightSource, name: string, dims: number[])
   return g.initializer(name, DT.FLOAT, dims, ws.readF32(name));
 }
 
+/** x · W^T for the checkpoint weight `name` [N, K], in the chosen weight format. */
+function proj(g: GraphBuilder, ws: WeightSource, x: string, name: string, N: number, K: number, opts: GraphOptions, bias?: string): string {
+  return projection(g, x, name, ws.readF32(name), N, K, opts, bias);
+}
+
 function optionalBias(g: GraphBuilder, ws: WeightSource, name: string, present: boolean, n: number): string | undefined {
   return present ? weight(g, ws, name, [n]) : undefined;
 }
@@ -66,15 +72,16 @@ function declareInputs(g: GraphBuilder, cfg: MoeModelConfig) {
 }
 
 /** attention output [N, h·Dv] -> o_proj -> residual -> post norm (+ router logits). */
-function finish(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, hidden: string, attnOut: string, oIn: number, oBias: boolean): void {
+function finish(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, hidden: string, attnOut: string, oIn: number, oBias: boolean, opts: GraphOptions): void {
   const H = cfg.hiddenSize;
-  const o = g.linear(attnOut, weight(g, ws, W.attn(layer, 'o_proj'), [H, oIn]), optionalBias(g, ws, W.attn(layer, 'o_proj', 'bias'), oBias, H));
+  const o = proj(g, ws, attnOut, W.attn(layer, 'o_proj'), H, oIn, opts, optionalBias(g, ws, W.attn(layer, 'o_proj', 'bias'), oBias, H));
   const hiddenOut = g.add(hidden, o);
   g.output(hiddenOut, 'hidden_out');
   const xNorm = g.rmsNorm(hiddenOut, weight(g, ws, W.postAttnNorm(layer), [H]), cfg.rmsNormEps);
   g.output(xNorm, 'x_norm');
   if (cfg.layers[layer]!.mlp === 'moe') {
     const X = cfg.moe.nRoutedExperts;
+    // The gate stays fp32 in every weight format: routing decisions are discrete.
     g.output(g.linear(xNorm, weight(g, ws, W.routerGate(cfg, layer), [X, H])), 'router_logits');
   }
 }
@@ -84,7 +91,7 @@ function btShape(g: GraphBuilder, mask: string, rest: number[]): string {
   return g.concat([g.shape(mask, 0, 2), g.constI64(rest)], 0);
 }
 
-export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number): void {
+export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
   const a = cfg.attention;
   if (a.kind !== 'gqa') throw new Error('buildGqaAttention: not a GQA model');
   const H = cfg.hiddenSize;
@@ -96,13 +103,12 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
   // One fused projection [h·D + 2·g·D, H]: one weight read instead of three.
   const qkvW = concatRows(ws, [W.attn(layer, 'q_proj'), W.attn(layer, 'k_proj'), W.attn(layer, 'v_proj')]);
-  const qkvWName = g.initializer(`layers.${layer}.self_attn.qkv_proj.weight`, DT.FLOAT, [(h + 2 * kvh) * D, H], qkvW);
   let qkvB: string | undefined;
   if (a.qkvBias) {
     const b = concatRows(ws, [W.attn(layer, 'q_proj', 'bias'), W.attn(layer, 'k_proj', 'bias'), W.attn(layer, 'v_proj', 'bias')]);
     qkvB = g.initializer(`layers.${layer}.self_attn.qkv_proj.bias`, DT.FLOAT, [(h + 2 * kvh) * D], b);
   }
-  const [qFlat, kFlat, vFlat] = g.split(g.linear(x, qkvWName, qkvB), 1, [h * D, kvh * D, kvh * D]) as [string, string, string];
+  const [qFlat, kFlat, vFlat] = g.split(projection(g, x, `layers.${layer}.self_attn.qkv_proj.weight`, qkvW, (h + 2 * kvh) * D, H, opts, qkvB), 1, [h * D, kvh * D, kvh * D]) as [string, string, string];
   let q = g.reshape(qFlat, [0, h, D]); // [N, h, D]
   let k = g.reshape(kFlat, [0, kvh, D]); // [N, g, D]
   if (a.qkNorm) {
@@ -128,10 +134,10 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const ctx = g.matmul(g.reshape(probs, g.shape(scores)), vH); // [B, g, G·T, D]
   const ctx5 = g.reshape(ctx, g.shape(q5)); // [B, g, G, T, D]
   const attnOut = g.reshape(g.transpose(ctx5, [0, 3, 1, 2, 4]), [-1, h * D]); // [N, h·D]
-  finish(g, ws, cfg, layer, inp.hidden, attnOut, h * D, a.oBias);
+  finish(g, ws, cfg, layer, inp.hidden, attnOut, h * D, a.oBias, opts);
 }
 
-export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: MlaImpl): void {
+export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: MlaImpl, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
   const a = cfg.attention;
   if (a.kind !== 'mla') throw new Error('buildMlaAttention: not an MLA model');
   const H = cfg.hiddenSize;
@@ -143,17 +149,17 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
   let qFlat: string;
   if (a.qLoraRank === null) {
-    qFlat = g.linear(x, weight(g, ws, W.attn(layer, 'q_proj'), [h * Dq, H]));
+    qFlat = proj(g, ws, x, W.attn(layer, 'q_proj'), h * Dq, H, opts);
   } else {
     const r = a.qLoraRank;
-    const qa = g.linear(x, weight(g, ws, W.attn(layer, 'q_a_proj'), [r, H]), optionalBias(g, ws, W.attn(layer, 'q_a_proj', 'bias'), bias, r));
+    const qa = proj(g, ws, x, W.attn(layer, 'q_a_proj'), r, H, opts, optionalBias(g, ws, W.attn(layer, 'q_a_proj', 'bias'), bias, r));
     const qaN = g.rmsNorm(qa, weight(g, ws, W.attn(layer, 'q_a_layernorm'), [r]), MLA_INNER_NORM_EPS);
-    qFlat = g.linear(qaN, weight(g, ws, W.attn(layer, 'q_b_proj'), [h * Dq, r]));
+    qFlat = proj(g, ws, qaN, W.attn(layer, 'q_b_proj'), h * Dq, r, opts);
   }
   const [qNope, qPeRaw] = g.split(g.reshape(qFlat, [0, h, Dq]), 2, [Dn, R]) as [string, string]; // [N,h,Dn], [N,h,R]
   const qPe = applyRope(g, qPeRaw, inp.cos, inp.sin, R, R, cfg.rope.interleaved);
 
-  const kvA = g.linear(x, weight(g, ws, W.attn(layer, 'kv_a_proj_with_mqa'), [C + R, H]), optionalBias(g, ws, W.attn(layer, 'kv_a_proj_with_mqa', 'bias'), bias, C + R));
+  const kvA = proj(g, ws, x, W.attn(layer, 'kv_a_proj_with_mqa'), C + R, H, opts, optionalBias(g, ws, W.attn(layer, 'kv_a_proj_with_mqa', 'bias'), bias, C + R));
   const [cRaw, kPeRaw] = g.split(kvA, 1, [C, R]) as [string, string];
   const cKv = g.rmsNorm(cRaw, weight(g, ws, W.attn(layer, 'kv_a_layernorm'), [C]), MLA_INNER_NORM_EPS); // [N, C]
   const kPe = g.reshape(applyRope(g, g.reshape(kPeRaw, [0, 1, R]), inp.cos, inp.sin, R, R, cfg.rope.interleaved), [0, R]);
@@ -189,7 +195,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     ctx = g.matmul(g.matmul(probs, cAll), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
   }
   const attnOut = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [-1, h * Dv]); // [N, h·Dv]
-  finish(g, ws, cfg, layer, inp.hidden, attnOut, h * Dv, bias);
+  finish(g, ws, cfg, layer, inp.hidden, attnOut, h * Dv, bias, opts);
 }
 
 /** kv_b_proj [h·(Dn+Dv), C] -> W_UK [h, Dn, C] and W_UV^T [h, C, Dv]. */

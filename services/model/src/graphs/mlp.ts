@@ -10,12 +10,16 @@ import type { MoeModelConfig } from '../config.js';
 import * as W from '../names.js';
 import { GraphBuilder } from '../onnx/graph.js';
 import { DT } from '../onnx/proto.js';
+import { DEFAULT_GRAPH_OPTIONS, projection, type GraphOptions } from './linear.js';
 import type { WeightSource } from './source.js';
 
-/** SwiGLU: down(silu(gate(x)) · up(x)), with gate and up fused into one [2I, H] weight. */
-function swiglu(g: GraphBuilder, x: string, gateUp: string, down: string, I: number): string {
-  const [gate, up] = g.split(g.linear(x, gateUp), 1, [I, I]) as [string, string];
-  return g.linear(g.mul(g.silu(gate), up), down);
+/**
+ * SwiGLU: down(silu(gate(x)) · up(x)), with gate and up fused into one [2I, H] weight (one
+ * weight read instead of two). `prefix` names the fused weight in the graph.
+ */
+function swiglu(g: GraphBuilder, x: string, prefix: string, gateUp: Float32Array, downName: string, down: Float32Array, H: number, I: number, opts: GraphOptions): string {
+  const [gate, up] = g.split(projection(g, x, `${prefix}.gate_up`, gateUp, 2 * I, H, opts), 1, [I, I]) as [string, string];
+  return projection(g, g.mul(g.silu(gate), up), downName, down, H, I, opts);
 }
 
 function fuseGateUp(ws: WeightSource, gateName: string, upName: string): Float32Array {
@@ -30,14 +34,14 @@ function fuseGateUp(ws: WeightSource, gateName: string, upName: string): Float32
 /**
  * Dense MLP of a non-MoE layer.  x float32 [N, H] -> y float32 [N, H].
  */
-export function buildDenseMlp(ws: WeightSource, cfg: MoeModelConfig, layer: number): Uint8Array {
+export function buildDenseMlp(ws: WeightSource, cfg: MoeModelConfig, layer: number, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): Uint8Array {
   const g = new GraphBuilder(`dense_mlp_${layer}`);
   const H = cfg.hiddenSize;
   const I = cfg.denseIntermediateSize;
   const x = g.input('x', DT.FLOAT, ['N', H]);
-  const gu = g.initializer(`layers.${layer}.mlp.gate_up`, DT.FLOAT, [2 * I, H], fuseGateUp(ws, W.denseMlp(layer, 'gate_proj'), W.denseMlp(layer, 'up_proj')));
-  const down = g.initializer(W.denseMlp(layer, 'down_proj'), DT.FLOAT, [H, I], ws.readF32(W.denseMlp(layer, 'down_proj')));
-  g.output(swiglu(g, x, gu, down, I), 'y');
+  const gu = fuseGateUp(ws, W.denseMlp(layer, 'gate_proj'), W.denseMlp(layer, 'up_proj'));
+  const downName = W.denseMlp(layer, 'down_proj');
+  g.output(swiglu(g, x, `layers.${layer}.mlp`, gu, downName, ws.readF32(downName), H, I, opts), 'y');
   return g.toModel();
 }
 
@@ -45,17 +49,16 @@ export function buildDenseMlp(ws: WeightSource, cfg: MoeModelConfig, layer: numb
  * Shared expert(s) of an MoE layer (always run, in the gateway).  x float32 [N, H] -> y float32 [N, H].
  * Qwen2-MoE multiplies by sigmoid(shared_expert_gate(x)) [N, 1].
  */
-export function buildSharedExpert(ws: WeightSource, cfg: MoeModelConfig, layer: number): Uint8Array {
+export function buildSharedExpert(ws: WeightSource, cfg: MoeModelConfig, layer: number, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): Uint8Array {
   const shared = cfg.moe.shared;
   if (!shared) throw new Error('buildSharedExpert: the model has no shared expert');
   const g = new GraphBuilder(`shared_expert_${layer}`);
   const H = cfg.hiddenSize;
   const I = shared.intermediateSize;
   const x = g.input('x', DT.FLOAT, ['N', H]);
-  const gu = g.initializer(`layers.${layer}.shared.gate_up`, DT.FLOAT, [2 * I, H], fuseGateUp(ws, W.sharedExpert(cfg, layer, 'gate'), W.sharedExpert(cfg, layer, 'up')));
+  const gu = fuseGateUp(ws, W.sharedExpert(cfg, layer, 'gate'), W.sharedExpert(cfg, layer, 'up'));
   const downName = W.sharedExpert(cfg, layer, 'down');
-  const down = g.initializer(downName, DT.FLOAT, [H, I], ws.readF32(downName));
-  let y = swiglu(g, x, gu, down, I);
+  let y = swiglu(g, x, `layers.${layer}.shared`, gu, downName, ws.readF32(downName), H, I, opts);
   if (shared.sigmoidGate) {
     const gate = g.initializer(W.sharedExpertGate(layer), DT.FLOAT, [1, H], ws.readF32(W.sharedExpertGate(layer)));
     y = g.mul(y, g.sigmoid(g.linear(x, gate)));
@@ -71,7 +74,7 @@ export function buildSharedExpert(ws: WeightSource, cfg: MoeModelConfig, layer: 
  *   counts int64   [S]     rows per local expert (zeros allowed)
  *   y      float32 [M, H]  each row's expert output, same order (not yet weighted)
  */
-export function buildRoutedExperts(ws: WeightSource, cfg: MoeModelConfig, layer: number, experts: readonly number[]): Uint8Array {
+export function buildRoutedExperts(ws: WeightSource, cfg: MoeModelConfig, layer: number, experts: readonly number[], opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): Uint8Array {
   const g = new GraphBuilder(`experts_${layer}`);
   const H = cfg.hiddenSize;
   const I = cfg.moe.intermediateSize;
@@ -79,10 +82,9 @@ export function buildRoutedExperts(ws: WeightSource, cfg: MoeModelConfig, layer:
   const counts = g.input('counts', DT.INT64, [experts.length]);
   const parts = g.node('Split', [x, counts], { axis: 0 }, experts.length);
   const ys = experts.map((e, i) => {
-    const gu = g.initializer(`layers.${layer}.experts.${e}.gate_up`, DT.FLOAT, [2 * I, H], fuseGateUp(ws, W.expert(cfg, layer, e, 'gate'), W.expert(cfg, layer, e, 'up')));
+    const gu = fuseGateUp(ws, W.expert(cfg, layer, e, 'gate'), W.expert(cfg, layer, e, 'up'));
     const downName = W.expert(cfg, layer, e, 'down');
-    const down = g.initializer(downName, DT.FLOAT, [H, I], ws.readF32(downName));
-    return swiglu(g, parts[i]!, gu, down, I);
+    return swiglu(g, parts[i]!, `layers.${layer}.experts.${e}`, gu, downName, ws.readF32(downName), H, I, opts);
   });
   g.output(ys.length === 1 ? ys[0]! : g.concat(ys, 0), 'y');
   return g.toModel();
@@ -98,13 +100,12 @@ export function buildEmbedding(ws: WeightSource, cfg: MoeModelConfig): Uint8Arra
 }
 
 /** hidden float32 [S, H] -> final norm -> LM head (tied to the embedding when configured) -> logits float32 [S, V]. */
-export function buildLmHead(ws: WeightSource, cfg: MoeModelConfig): Uint8Array {
+export function buildLmHead(ws: WeightSource, cfg: MoeModelConfig, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): Uint8Array {
   const g = new GraphBuilder('lm_head');
   const H = cfg.hiddenSize;
   const hidden = g.input('hidden', DT.FLOAT, ['S', H]);
   const norm = g.initializer(W.FINAL_NORM, DT.FLOAT, [H], ws.readF32(W.FINAL_NORM));
   const headName = cfg.tieWordEmbeddings ? W.EMBED : W.LM_HEAD;
-  const head = g.initializer(headName, DT.FLOAT, [cfg.vocabSize, H], ws.readF32(headName));
-  g.output(g.linear(g.rmsNorm(hidden, norm, cfg.rmsNormEps), head), 'logits');
+  g.output(projection(g, g.rmsNorm(hidden, norm, cfg.rmsNormEps), headName, ws.readF32(headName), cfg.vocabSize, H, opts), 'logits');
   return g.toModel();
 }
