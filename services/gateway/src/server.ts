@@ -2,7 +2,8 @@
  * The gateway server: tokenizer + engine thread (EngineHost) + HTTP app, listening.
  *
  *   startServer: initTokenizer -> initEngine (thread: model, KV pool, expert topology)
- *                -> checkKvCapacity -> initApp -> listen
+ *                -> tokenizer thread (big prompts are encoded there) -> checkKvCapacity
+ *                -> initApp -> listen
  *   close():     drain (new requests 503) -> wait up to shutdownGraceMs for requests in flight
  *                -> cancel the rest (their sequences aborted, KV freed) -> close HTTP -> stop the
  *                engine thread (which stops its expert workers)
@@ -14,6 +15,7 @@ import type { SerializedLoadOptions } from './engine/thread-protocol.js';
 import { buildApp, type GatewayApp } from './http/app.js';
 import type { ModelFacts } from './http/engine-client.js';
 import type { HttpOptions } from './http/options.js';
+import { PromptEncoder } from './tokenizer/thread.js';
 import { TextTokenizer } from './tokenizer/tokenizer.js';
 
 export interface ServerOptions {
@@ -45,7 +47,9 @@ export async function startServer(o: ServerOptions, logger: Logger): Promise<Run
   const tokenizer = TextTokenizer.fromDir(o.modelDir);
   const engine = await initEngine(o, logger);
   let app: GatewayApp;
+  let prompts: PromptEncoder | null = null;
   try {
+    prompts = await PromptEncoder.start(o.modelDir, tokenizer);
     checkKvCapacity(engine);
     const model: ModelFacts = Object.freeze({
       vocabSize: engine.cfg.vocabSize,
@@ -55,12 +59,14 @@ export async function startServer(o: ServerOptions, logger: Logger): Promise<Run
       created: Math.floor(Date.now() / 1000),
     });
     if (tokenizer.vocabSize > model.vocabSize) logger.warn({ tokenizerVocab: tokenizer.vocabSize, modelVocab: model.vocabSize }, 'the tokenizer knows more ids than the model has logits; ids past the model vocabulary are refused');
-    app = buildApp({ engine, tokenizer, model, options: o.http, logger });
+    app = buildApp({ engine, tokenizer, prompts, model, options: o.http, logger });
     await app.fastify.listen({ host: o.host, port: o.port });
   } catch (err) {
+    await prompts?.close();
     await engine.close();
     throw err;
   }
+  const encoder = prompts;
   const address = app.fastify.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : o.port;
   const url = `http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;
@@ -82,7 +88,7 @@ export async function startServer(o: ServerOptions, logger: Logger): Promise<Run
   if (o.randomWeights) logger.warn({ model: o.http.servedModelName }, 'this model has RANDOM weights (the built-in demo): its output is meaningless text');
 
   let closing: Promise<void> | null = null;
-  const close = () => (closing ??= shutdown(app, engine, o.shutdownGraceMs, logger));
+  const close = () => (closing ??= shutdown(app, engine, o.shutdownGraceMs, logger).finally(() => encoder.close()));
   return { url, port, app, engine, close };
 }
 

@@ -7,17 +7,22 @@
  *   routes:    POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
  *              GET /metrics, POST /tokenize, POST /detokenize, GET /version
  *   errors:    any throwable -> ServerError (toHttpError) -> HTTP_ERRORS -> OpenAI error body;
- *              unknown routes -> 404 the same way
+ *              unknown routes -> 404 the same way; a URL fastify cannot decode (FST_ERR_BAD_URL)
+ *              -> 400; below the app, what Node's HTTP parser rejects and slow clients (headers
+ *              or body past their timeouts -> 408) get the same body, written on the socket
+ *              (clientErrorHandler). Every response an OpenAI client can see has one shape.
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ServerError } from '../../../common/src/errors.js';
+import type { PromptEncoder } from '../tokenizer/thread.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import type { AppContext } from './context.js';
+import { promptByteLimit, type AppContext } from './context.js';
 import type { EngineClient, ModelFacts } from './engine-client.js';
-import { errorBody, errorStatus, toHttpError } from './errors.js';
+import { clientErrorOf, errorBody, errorStatus, toHttpError, writeRawError } from './errors.js';
 import { toJson } from './json.js';
 import { ServerMetrics } from './metrics.js';
 import type { HttpOptions } from './options.js';
@@ -28,6 +33,8 @@ import { registerServiceRoutes } from './routes/service.js';
 export interface AppDeps {
   readonly engine: EngineClient;
   readonly tokenizer: TextTokenizer;
+  /** Prompt encoding off the event loop (the same tokenizer files in a thread). */
+  readonly prompts: PromptEncoder;
   readonly model: ModelFacts;
   readonly options: HttpOptions;
   readonly logger: Logger;
@@ -67,10 +74,36 @@ export function buildApp(deps: AppDeps): GatewayApp {
     // Requests that arrive while closing reach the routes, which answer 503 in the OpenAI shape.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-  }) as unknown as FastifyInstance;
+    // Node's timers for slow clients (0 in fastify by default: a half-sent body was held forever).
+    // Node checks them every connectionsCheckingInterval, so a timeout fires within that much late.
+    requestTimeout: opts.bodyTimeoutMs,
+    http: { headersTimeout: opts.headersTimeoutMs, connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(opts.headersTimeoutMs / 4))) },
+    clientErrorHandler: (err: Error & { code?: unknown }, socket: Duplex) => {
+      // A reset connection has nobody to answer (fastify and Node skip it too).
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const { status, error } = clientErrorOf(err, opts);
+      logger.info({ component: 'http', code: error.code, status, reason: error.message }, 'client error');
+      writeRawError(socket, status, error);
+    },
+    frameworkErrors: (err: Error, req: { log: Logger }, reply: { code(n: number): { type(t: string): { send(b: string): void } } }) => {
+      const e = new ServerError('invalid_request', (err as Error & { code?: string }).code === 'FST_ERR_BAD_URL' ? 'the request URL is not valid (a bad percent-encoding?)' : err.message);
+      req.log.info({ code: e.code, reason: err.message }, 'request rejected');
+      reply.code(errorStatus(e)).type('application/json; charset=utf-8').send(toJson(errorBody(e)));
+    },
+  } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance;
 
   const metrics = new ServerMetrics(opts.servedModelName, deps.engine, opts.statsTimeoutMs, (msg) => logger.warn({ component: 'metrics' }, msg));
-  const ctx: AppContext = { engine: deps.engine, tokenizer: deps.tokenizer, model: deps.model, opts, metrics, runs: new Set(), draining: false };
+  const ctx: AppContext = {
+    engine: deps.engine,
+    tokenizer: deps.tokenizer,
+    prompts: deps.prompts,
+    model: deps.model,
+    maxPromptBytes: promptByteLimit(deps.model.maxModelLen, deps.tokenizer.maxTokenBytes),
+    opts,
+    metrics,
+    runs: new Set(),
+    draining: false,
+  };
 
   const keyDigest = opts.apiKey !== null ? sha256(opts.apiKey) : null;
   fastify.addHook('onRequest', async (req, reply) => {
@@ -87,8 +120,9 @@ export function buildApp(deps: AppDeps): GatewayApp {
   fastify.setErrorHandler((err, req, reply) => {
     const e = toHttpError(err);
     const status = errorStatus(e);
-    if (status >= 500) req.log.error({ err: e, code: e.code }, 'request failed');
-    else if (e.code !== 'cancelled') req.log.info({ code: e.code, param: e.param ?? null, reason: e.message }, 'request rejected');
+    if (e.code === 'cancelled') req.log.info({ code: e.code, reason: e.message }, 'client went away');
+    else if (status >= 500) req.log.error({ err: e, code: e.code }, 'request failed');
+    else req.log.info({ code: e.code, param: e.param ?? null, reason: e.message }, 'request rejected');
     if (reply.sent || reply.raw.headersSent) return;
     return reply.code(status).type('application/json; charset=utf-8').send(toJson(errorBody(e)));
   });

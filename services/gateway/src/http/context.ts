@@ -7,6 +7,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { ServerError } from '../../../common/src/errors.js';
 import type { EngineRequest } from '../engine/engine.js';
+import type { PromptEncoder } from '../tokenizer/thread.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { EngineClient, ModelFacts } from './engine-client.js';
 import { invalid, unknownFields, type Body } from './fields.js';
@@ -18,7 +19,11 @@ import { checkContext, type GenerationParams } from './requests.js';
 export interface AppContext {
   readonly engine: EngineClient;
   readonly tokenizer: TextTokenizer;
+  /** Prompt text -> ids off the event loop (see tokenizer/thread.ts). */
+  readonly prompts: PromptEncoder;
   readonly model: ModelFacts;
+  /** Longest prompt text that could fit in max-model-len, UTF-8 bytes (see `promptByteLimit`). */
+  readonly maxPromptBytes: number;
   readonly opts: HttpOptions;
   readonly metrics: ServerMetrics;
   /** Generation requests in flight (cancelled together at shutdown). */
@@ -30,6 +35,33 @@ export interface AppContext {
 export interface Prompt {
   readonly ids: readonly number[];
   readonly text: string | null;
+}
+
+/**
+ * Slack on the tokenizer's bytes-per-token bound for normalizers that shrink text: NFC (Qwen,
+ * DeepSeek) composes at most 3 code points into one (Hangul L+V+T jamo: 9 bytes -> 3), NFKC maps
+ * a fullwidth letter (3 bytes) to ASCII (1 byte).
+ */
+const NORMALIZER_SLACK = 4;
+
+/**
+ * The byte length above which a prompt text cannot fit in max-model-len: every token stands for
+ * at most `maxTokenBytes` bytes of (normalized) text, so B bytes are at least
+ * B / (maxTokenBytes × slack) tokens. Checked before any template rendering or tokenization, so a
+ * huge prompt costs a byte count, not seconds of tokenizer work.
+ */
+export function promptByteLimit(maxModelLen: number, maxTokenBytes: number): number {
+  return maxModelLen * maxTokenBytes * NORMALIZER_SLACK;
+}
+
+/** Refuses a prompt text (or conversation) of `bytes` UTF-8 bytes that cannot fit, naming `param`. */
+export function checkPromptBytes(ctx: AppContext, bytes: number, param: string): void {
+  if (bytes <= ctx.maxPromptBytes) return;
+  throw new ServerError(
+    'context_length_exceeded',
+    `This model's maximum context length is ${ctx.model.maxModelLen} tokens. However, your prompt is ${bytes} bytes long, more than any prompt of ${ctx.model.maxModelLen} tokens can be (${ctx.maxPromptBytes} bytes). Please reduce the length of the prompt.`,
+    { param },
+  );
 }
 
 export function logUnknownFields(req: FastifyRequest, body: Body, known: ReadonlySet<string>): void {

@@ -18,6 +18,11 @@ export interface ChatMessage {
 export interface ChatTemplateOptions {
   /** Append the assistant turn's opening (the template's `add_generation_prompt` branch). */
   readonly addGenerationPrompt: boolean;
+  /**
+   * Leave the last message open for the model to continue: the rendered text is cut right after
+   * that message's content (vLLM's `continue_final_message`). @defaultValue false
+   */
+  readonly continueFinalMessage?: boolean;
   /** Extra template variables, e.g. `{ enable_thinking: false }` or `{ tools: [...] }`. */
   readonly kwargs?: Readonly<Record<string, unknown>>;
 }

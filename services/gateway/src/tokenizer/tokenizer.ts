@@ -120,6 +120,7 @@ export class TextTokenizer {
   private readonly templateSource: string | null;
   private readonly templateVars: Readonly<Record<string, unknown>>;
   private template: ChatTemplate | null = null;
+  private maxTokenBytesCache = 0;
   /** Lazily filled: logprobs ask for the same few thousand ids over and over. */
   private readonly tokenTextCache: (string | undefined)[];
 
@@ -319,6 +320,28 @@ export class TextTokenizer {
       );
     }
     this.template ??= new ChatTemplate(this.templateSource, this.templateVars);
-    return this.template.render(messages, opts);
+    let text = this.template.render(messages, opts);
+    if (opts.continueFinalMessage) {
+      const last = messages[messages.length - 1]?.content ?? '';
+      const at = last.length > 0 ? text.lastIndexOf(last) : -1;
+      if (at >= 0) text = text.slice(0, at + last.length);
+    }
+    return text;
+  }
+
+  /**
+   * The most UTF-8 bytes of text one token can stand for, bounded from above by the longest
+   * vocabulary entry as stored (byte-level BPE stores byte b as one character of at most 2 UTF-8
+   * bytes, SentencePiece "▁" is 3 bytes for one space, "<0xE4>" 6 for one byte: all over-counts,
+   * which only loosen the bound). So a text of B bytes encodes to at least B / maxTokenBytes
+   * tokens, provided the normalizer does not shrink text (none of the supported families does).
+   */
+  get maxTokenBytes(): number {
+    if (this.maxTokenBytesCache === 0) {
+      let max = 1;
+      for (const t of this.lib.model!.vocab) if (typeof t === 'string') max = Math.max(max, Buffer.byteLength(t, 'utf8'));
+      this.maxTokenBytesCache = max;
+    }
+    return this.maxTokenBytesCache;
   }
 }

@@ -4,7 +4,7 @@
  * role delta first, then content deltas, then the finish).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { buildSpecs, checkAccepting, checkModel, logFinished, logUnknownFields, startRun, usageOf, type AppContext, type Prompt } from '../context.js';
+import { buildSpecs, checkAccepting, checkPromptBytes, checkModel, logFinished, logUnknownFields, startRun, usageOf, type AppContext, type Prompt } from '../context.js';
 import { asBody } from '../fields.js';
 import type { ChoiceRun } from '../generation.js';
 import { toJson, type JsonValue } from '../json.js';
@@ -12,15 +12,17 @@ import { chatTokenLogprob, TokenLabels, type ChatTokenLogprob } from '../logprob
 import { CHAT_FIELDS, parseChat, type ChatParams } from '../requests.js';
 import { streamRun } from '../sse.js';
 
-/** The prompt text of a conversation (continue_final_message: cut after the last message's content, as vLLM). */
-export function renderChat(ctx: AppContext, p: Pick<ChatParams, 'messages' | 'addGenerationPrompt' | 'continueFinalMessage' | 'templateKwargs'>): string {
-  let text = ctx.tokenizer.applyChatTemplate(p.messages, { addGenerationPrompt: p.addGenerationPrompt, kwargs: p.templateKwargs });
-  if (p.continueFinalMessage) {
-    const last = p.messages[p.messages.length - 1]!.content;
-    const at = last.length > 0 ? text.lastIndexOf(last) : -1;
-    if (at >= 0) text = text.slice(0, at + last.length);
-  }
-  return text;
+/** The conversation's prompt bytes (message contents), checked before the template renders it. */
+export function chatPromptBytes(p: Pick<ChatParams, 'messages'>): number {
+  let bytes = 0;
+  for (const m of p.messages) bytes += Buffer.byteLength(m.content, 'utf8');
+  return bytes;
+}
+
+/** Bound, render (the chat template) and encode a conversation, off the event loop when it is big. */
+export function encodeChat(ctx: AppContext, p: Pick<ChatParams, 'messages' | 'addGenerationPrompt' | 'continueFinalMessage' | 'templateKwargs'>, addSpecialTokens: boolean): Promise<{ text: string; ids: number[] }> {
+  checkPromptBytes(ctx, chatPromptBytes(p), 'messages');
+  return ctx.prompts.encodeChat({ messages: p.messages, addGenerationPrompt: p.addGenerationPrompt, continueFinalMessage: p.continueFinalMessage, kwargs: p.templateKwargs, addSpecialTokens });
 }
 
 export function chatHandler(ctx: AppContext) {
@@ -32,9 +34,10 @@ export function chatHandler(ctx: AppContext) {
     logUnknownFields(req, body, CHAT_FIELDS);
     const p = parseChat(body, ctx.model.vocabSize);
     checkModel(ctx, p.model);
-    const text = renderChat(ctx, p);
+    const { text, ids } = await encodeChat(ctx, p, p.addSpecialTokens);
+    if (reply.raw.destroyed) return reply; // the client left while its prompt was encoded
     if (ctx.opts.logPrompts) req.log.info({ prompt: text }, 'prompt (chat template applied)');
-    const prompts: Prompt[] = [{ ids: ctx.tokenizer.encode(text, { addSpecialTokens: p.addSpecialTokens }), text }];
+    const prompts: Prompt[] = [{ ids, text }];
     const specs = buildSpecs(ctx, p, prompts, null, 'messages');
     const run = startRun(ctx, req, reply, specs, p, startedAt);
 

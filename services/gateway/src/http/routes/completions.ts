@@ -6,7 +6,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { IncrementalDetokenizer } from '../../tokenizer/detokenizer.js';
 import type { TextTokenizer } from '../../tokenizer/tokenizer.js';
-import { buildSpecs, checkAccepting, checkModel, logFinished, logUnknownFields, startRun, usageOf, type AppContext, type Prompt } from '../context.js';
+import { buildSpecs, checkAccepting, checkPromptBytes, checkModel, logFinished, logUnknownFields, startRun, usageOf, type AppContext, type Prompt } from '../context.js';
 import { asBody } from '../fields.js';
 import type { ChoiceRun } from '../generation.js';
 import { toJson } from '../json.js';
@@ -37,10 +37,16 @@ export function completionsHandler(ctx: AppContext) {
     logUnknownFields(req, body, COMPLETION_FIELDS);
     const p = parseCompletion(body, ctx.model.vocabSize);
     checkModel(ctx, p.model);
-    const prompts: Prompt[] =
-      p.prompt.kind === 'ids'
-        ? p.prompt.ids.map((ids) => ({ ids, text: null }))
-        : p.prompt.texts.map((text) => ({ ids: ctx.tokenizer.encode(text, { addSpecialTokens: p.addSpecialTokens }), text }));
+    let prompts: Prompt[];
+    if (p.prompt.kind === 'ids') prompts = p.prompt.ids.map((ids) => ({ ids, text: null }));
+    else {
+      const texts = p.prompt.texts;
+      // Bounded by byte length before any tokenizer work; then encoded off the event loop.
+      for (const text of texts) checkPromptBytes(ctx, Buffer.byteLength(text, 'utf8'), 'prompt');
+      const ids = await Promise.all(texts.map((text) => ctx.prompts.encode(text, p.addSpecialTokens)));
+      prompts = texts.map((text, i) => ({ ids: ids[i]!, text }));
+      if (reply.raw.destroyed) return reply; // the client left while its prompt was encoded
+    }
     if (ctx.opts.logPrompts) req.log.info({ prompts: prompts.map((x) => x.text ?? x.ids) }, 'prompts');
     const specs = buildSpecs(ctx, p, prompts, p.echo && p.logprobs !== null ? p.logprobs : null, 'prompt');
     const run = startRun(ctx, req, reply, specs, p, startedAt);

@@ -4,11 +4,11 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { ServerError } from '../../../../common/src/errors.js';
-import { checkModel, logUnknownFields, type AppContext } from '../context.js';
+import { checkModel, checkPromptBytes, logUnknownFields, type AppContext } from '../context.js';
 import { asBody, checkIds, invalid, optBool, optString } from '../fields.js';
 import { toJson } from '../json.js';
 import { parseChat } from '../requests.js';
-import { renderChat } from './chat.js';
+import { encodeChat } from './chat.js';
 
 export const VERSION = '0.1.0';
 
@@ -50,11 +50,13 @@ export function registerServiceRoutes(app: FastifyInstance, ctx: AppContext): vo
     let ids: number[];
     if (body['messages'] !== undefined && body['messages'] !== null) {
       const chat = parseChat(body, ctx.model.vocabSize);
-      ids = ctx.tokenizer.encode(renderChat(ctx, chat), { addSpecialTokens: optBool(body, 'add_special_tokens') ?? false });
+      ids = (await encodeChat(ctx, chat, optBool(body, 'add_special_tokens') ?? false)).ids;
     } else {
       const prompt = optString(body, 'prompt');
       if (prompt === undefined) throw invalid('prompt', 'is required (or messages)');
-      ids = ctx.tokenizer.encode(prompt, { addSpecialTokens: optBool(body, 'add_special_tokens') ?? true });
+      // A text that could not fit in max-model-len is refused by its byte length, before tokenizing.
+      checkPromptBytes(ctx, Buffer.byteLength(prompt, 'utf8'), 'prompt');
+      ids = await ctx.prompts.encode(prompt, optBool(body, 'add_special_tokens') ?? true);
     }
     const strs = optBool(body, 'return_token_strs') ?? false;
     return reply.type('application/json; charset=utf-8').send(
