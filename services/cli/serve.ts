@@ -33,6 +33,8 @@ const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-
   --kv-redis-max-bytes N       bytes this model may write to the tier per TTL window, e.g. 2GiB (default 1GiB)
   --request-timeout S          per-request deadline in seconds, 0 = none (default 0)
   --shutdown-grace S           on SIGTERM, time requests in flight get to finish (default 10)
+  --headers-timeout S          time a client has to send a request's headers; slower gets 408 (default 30)
+  --body-timeout S             time a client has to send a whole request, headers and body; slower gets 408 (default 60)
   --log-prompts                log prompt text / ids (never logged otherwise)
   --log-level L                pino level: trace | debug | info | warn | error (default info)
   --device cpu|cuda[:N]        execution provider (default cpu; cuda falls back to cpu)
@@ -47,6 +49,12 @@ function positiveInt(v: string | undefined, flag: string, min = 1): number | und
   if (v === undefined) return undefined;
   const n = Number(v);
   if (!Number.isInteger(n) || n < min) throw new ServerError('invalid_request', `${flag} must be an integer >= ${min}, got ${v}`);
+  return n;
+}
+
+function positiveSeconds(v: string, flag: string): number {
+  const n = Number(v);
+  if (!(n > 0) || !Number.isFinite(n)) throw new ServerError('invalid_request', `${flag} must be a number of seconds > 0, got ${v}`);
   return n;
 }
 
@@ -82,6 +90,8 @@ export async function serveCommand(argv: string[], env: NodeJS.ProcessEnv): Prom
       'kv-redis-max-bytes': { type: 'string', default: '1GiB' },
       'request-timeout': { type: 'string', default: '0' },
       'shutdown-grace': { type: 'string', default: '10' },
+      'headers-timeout': { type: 'string', default: '30' },
+      'body-timeout': { type: 'string', default: '60' },
       'log-prompts': { type: 'boolean', default: false },
       'log-level': { type: 'string', default: 'info' },
       help: { type: 'boolean', default: false },
@@ -121,6 +131,8 @@ export async function serveCommand(argv: string[], env: NodeJS.ProcessEnv): Prom
         apiKey: values['api-key'] ?? env.MOESERVE_API_KEY ?? null,
         maxWaiting: positiveInt(values['max-waiting'], '--max-waiting', 0) ?? 4 * maxNumSeqs,
         requestTimeoutMs: timeoutS * 1000,
+        headersTimeoutMs: Math.round(positiveSeconds(values['headers-timeout'], '--headers-timeout') * 1000),
+        bodyTimeoutMs: Math.round(positiveSeconds(values['body-timeout'], '--body-timeout') * 1000),
         logPrompts: values['log-prompts'],
       }),
       engine: {
