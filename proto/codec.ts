@@ -3,14 +3,14 @@
  *
  * f32 is the default and is bit-exact (the gateway's distributed output equals the in-process
  * one); f16 and bf16 halve the bytes and change numerics (round to nearest even), so equality
- * tests use f32. The conversions are the checkpoint reader's (services/model/src/checkpoint/dtype.ts).
+ * tests use f32. The conversions are services/common/src/half.ts (shared with the checkpoint reader).
  *
  * Hot path: a `RowCodec` owns grow-only scratch and returns views into it (or into the caller's
  * memory when no conversion or realignment is needed), so encoding and decoding allocate nothing
  * per call once warm. A view is valid until the next call on the same codec.
  */
 import { ServerError } from '../services/common/src/errors.js';
-import { bf16BitsToF32Bits, f16BitsToF32Bits, f32ToBf16, f32ToF16 } from '../services/model/src/checkpoint/dtype.js';
+import { bf16BitsToF32Bits, f16BitsToF32Bits, f32ToBf16, f32ToF16 } from '../services/common/src/half.js';
 
 /** The proto's Dtype enum values. */
 export const WIRE_DTYPE = Object.freeze({ f32: 0, f16: 1, bf16: 2 } as const);

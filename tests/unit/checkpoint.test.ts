@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ServerError } from '../../services/common/src/errors.js';
 import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
-import { bf16ToF32, f16ToF32, f32BitsToBf16Bits, f32BitsToF16Bits, f32ToBf16, f32ToF16 } from '../../services/model/src/checkpoint/dtype.js';
+import { bf16ToF32, f16ToF32, f32BitsToBf16Bits, f32BitsToF16Bits, f32ToBf16, f32ToF16 } from '../../services/common/src/half.js';
 import { encodeIndex, planShards, writeSafetensors, writeShardedSafetensors, type TensorSpec } from '../../services/model/src/checkpoint/writer.js';
 import { parseModelConfig } from '../../services/model/src/config.js';
 import { expectedTensors } from '../../services/model/src/weights.js';

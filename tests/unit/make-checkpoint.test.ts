@@ -12,7 +12,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
-import { bf16ToF32, f32ToBf16 } from '../../services/model/src/checkpoint/dtype.js';
+import { bf16ToF32, f32ToBf16 } from '../../services/common/src/half.js';
 import { parseModelConfig } from '../../services/model/src/config.js';
 import { makeCheckpoint, parseSetArgs, PRESET_NAMES, type MakeCheckpointOptions } from '../../services/model/src/make-checkpoint.js';
 import { PRESETS } from '../../services/model/src/presets.js';

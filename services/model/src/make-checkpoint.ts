@@ -16,7 +16,7 @@ import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { ServerError } from '../../common/src/errors.js';
 import type { SafetensorsDtype } from './checkpoint/dtype.js';
-import { f32ToBf16, f32ToF16 } from './checkpoint/dtype.js';
+import { f32ToBf16, f32ToF16 } from '../../common/src/half.js';
 import { fillNormal, tensorRng } from './checkpoint/random.js';
 import { writeShardedSafetensors, DEFAULT_MAX_SHARD_BYTES, type ProgressCallback, type TensorSpec } from './checkpoint/writer.js';
 import { parseModelConfig, type MoeModelConfig } from './config.js';

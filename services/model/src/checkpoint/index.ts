@@ -8,7 +8,8 @@
  * - random.ts: seeded per-tensor random weights for make-checkpoint.
  */
 export { Checkpoint, INDEX_FILE, SINGLE_FILE, type SafetensorsDtype, type TensorInfo } from './checkpoint.js';
-export { DTYPE_BYTES, SAFETENSORS_DTYPES, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './dtype.js';
+export { DTYPE_BYTES, SAFETENSORS_DTYPES } from './dtype.js';
+export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../../common/src/half.js';
 export {
   DEFAULT_MAX_SHARD_BYTES,
   planShards,

@@ -21,7 +21,7 @@ import { ServerError } from '../../../common/src/errors.js';
 import { DTYPE_BYTES, type SafetensorsDtype } from './dtype.js';
 import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
 
-export { f32ToBf16, f32ToF16 } from './dtype.js';
+export { f32ToBf16, f32ToF16 } from '../../../common/src/half.js';
 
 export interface TensorSpec {
   readonly name: string;
