@@ -63,7 +63,7 @@ export interface StartedWorker extends Proc {
 }
 
 /** Starts one expert worker and waits for its ready line. */
-export async function startWorker(o: { modelDir: string; experts: string; host: string; namespace: string | null; threads: number; id: string; timeoutMs: number }): Promise<StartedWorker> {
+export async function startWorker(o: { modelDir: string; experts: string; host: string; namespace: string | null; threads: number; id: string; timeoutMs: number; onSpawn?: (pid: number | undefined) => void }): Promise<StartedWorker> {
   const args = [MOESERVE_BIN, 'worker', '--model', o.modelDir, '--experts', o.experts, '--host', o.host, '--port', '0', '--threads', String(o.threads), '--id', o.id, '--log-level', 'warn', '--exit-with-stdin'];
   const child = o.namespace ? spawn('ip', ['netns', 'exec', o.namespace, process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let resolveReady!: (port: number) => void;
@@ -93,9 +93,10 @@ export interface StartedGateway extends Proc {
 }
 
 /** Starts `moeserve serve` on a free loopback port and waits until /health answers 200. */
-export async function startGateway(o: { modelDir: string; args: readonly string[]; timeoutMs: number }): Promise<StartedGateway> {
+export async function startGateway(o: { modelDir: string; args: readonly string[]; timeoutMs: number; onSpawn?: (pid: number | undefined) => void }): Promise<StartedGateway> {
   const port = await freePort();
   const child = spawn(process.execPath, [MOESERVE_BIN, 'serve', '--model', o.modelDir, '--host', '127.0.0.1', '--port', String(port), '--log-level', 'warn', ...o.args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  o.onSpawn?.(child.pid);
   const proc = track('gateway', child);
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + o.timeoutMs;
@@ -129,20 +130,46 @@ export async function stopProc(p: Proc, graceMs = 5000): Promise<void> {
 }
 
 /**
- * A watchdog for the run's processes: when our end of its stdin closes (we exited, however), it
- * SIGKILLs the pids and deletes the namespaces. `disarm()` ends it without killing anything.
+ * A watchdog for the run's processes, started before the first of them: it reads `pid N` and
+ * `ns NAME` lines as they start; at EOF (we exited, however: even SIGKILL closes the pipe) it
+ * SIGKILLs the pids and deletes the namespaces. `disarm()` ends it without touching anything.
  */
-export function startWatchdog(pids: readonly number[], namespaces: readonly string[]): { disarm(): void } {
-  const kill = pids.length ? `kill -9 ${pids.join(' ')} 2>/dev/null;` : '';
-  const del = namespaces.map((n) => `ip netns del ${n} 2>/dev/null;`).join(' ');
-  // `read` returns at EOF (we died) or on a line (disarm): only EOF triggers the cleanup.
-  const script = `if read -r line; then exit 0; fi; ${kill} ${del} exit 0`;
-  const child = spawn('sh', ['-c', script], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+export interface Watchdog {
+  pid(pid: number | undefined): void;
+  namespace(name: string): void;
+  disarm(): void;
+}
+
+const WATCHDOG_SCRIPT = `pids=""; nss=""
+while IFS= read -r line; do
+  case "$line" in
+    "pid "*) pids="$pids \${line#pid }" ;;
+    "ns "*) nss="$nss \${line#ns }" ;;
+    disarm) exit 0 ;;
+  esac
+done
+[ -n "$pids" ] && kill -9 $pids 2>/dev/null
+for n in $nss; do ip netns del "$n" 2>/dev/null; done
+exit 0`;
+
+export function startWatchdog(): Watchdog {
+  const child = spawn('sh', ['-c', WATCHDOG_SCRIPT], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
   child.unref();
-  (child.stdin as unknown as { unref?: () => void }).unref?.();
+  child.on('error', () => undefined);
+  const stdin = child.stdin!;
+  stdin.on('error', () => undefined);
+  (stdin as unknown as { unref?: () => void }).unref?.();
+  const send = (line: string) => {
+    if (!stdin.destroyed && stdin.writable) stdin.write(`${line}\n`);
+  };
   return {
-    disarm() {
-      if (child.stdin && !child.stdin.destroyed) child.stdin.end('disarm\n');
+    pid: (pid) => {
+      if (pid !== undefined && Number.isInteger(pid)) send(`pid ${pid}`);
+    },
+    // Names are ours (msx-<pid>-<i>), never user input.
+    namespace: (name) => send(`ns ${name}`),
+    disarm: () => {
+      if (!stdin.destroyed) stdin.end('disarm\n');
     },
   };
 }

@@ -49,7 +49,7 @@ export interface PointRow extends Row {
 }
 
 function round(x: number | null, d = 3): number | null {
-  return x === null || !Number.isFinite(x) ? null : Number(x.toFixed(d));
+  return x === null || !Number.isFinite(x) ? null : Number(x.toFixed(d)) + 0; // + 0: no -0 in tables
 }
 
 /** Derived rows, in point order (model predictions and scaling efficiency included). */

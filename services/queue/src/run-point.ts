@@ -20,7 +20,7 @@ import { basePlacement, expertsOf, parseReplicate, replicate } from '../../../ro
 import { checkpointFor, readModelShape, type ModelShape } from './checkpoint-cache.js';
 import { linkCounters, setupNamespaces, type NetnsSetup } from './netns.js';
 import { balancedness, counterDelta, routingFromSamples, scrapeMetrics, workerStats, type MetricSamples, type WorkerCounters } from './probe.js';
-import { startGateway, startWatchdog, startWorker, stopProc, type Proc, type StartedGateway, type StartedWorker } from './processes.js';
+import { startGateway, startWatchdog, startWorker, stopProc, type Proc, type StartedGateway, type StartedWorker, type Watchdog } from './processes.js';
 import type { Point, Sweep } from './sweep.js';
 
 export interface WorkerMeasurement extends WorkerCounters {
@@ -87,11 +87,12 @@ export async function runPoint(sweep: Sweep, p: Point, ctx: RunContext): Promise
   const procs: Proc[] = [];
   let netns: NetnsSetup | null = null;
   let fallbackReason: string | null = null;
-  let watchdog: { disarm(): void } | null = null;
+  const watchdog: Watchdog = startWatchdog();
   try {
     if (sweep.network.mode === 'netns') {
       try {
         netns = await setupNamespaces(p.workers, sweep.network.bandwidthMbit);
+        for (const l of netns.links) watchdog.namespace(l.namespace);
       } catch (err) {
         fallbackReason = (err as Error).message;
         ctx.log.warn({ reason: fallbackReason }, 'network namespaces unavailable: workers on loopback');
@@ -100,7 +101,7 @@ export async function runPoint(sweep: Sweep, p: Point, ctx: RunContext): Promise
     const settled = await Promise.allSettled(
       lists.map((experts, i) => {
         const link = netns?.links[i];
-        return startWorker({ modelDir: ckpt.dir, experts, host: link ? link.workerAddr : '127.0.0.1', namespace: link ? link.namespace : null, threads: sweep.serve.threads, id: `w${i}`, timeoutMs: startMs });
+        return startWorker({ modelDir: ckpt.dir, experts, host: link ? link.workerAddr : '127.0.0.1', namespace: link ? link.namespace : null, threads: sweep.serve.threads, id: `w${i}`, timeoutMs: startMs, onSpawn: watchdog.pid });
       }),
     );
     // Keep every worker that did start, so `finally` stops it even when another one failed.
@@ -110,12 +111,8 @@ export async function runPoint(sweep: Sweep, p: Point, ctx: RunContext): Promise
     if (failed) throw failed.reason;
     const args = ['--threads', String(sweep.serve.threads), '--max-num-seqs', String(sweep.serve.maxNumSeqs)];
     if (workers.length > 0) args.push('--worker-addrs', workers.map((w) => w.address).join(','), '--wire-dtype', p.wireDtype);
-    const gateway: StartedGateway = await startGateway({ modelDir: ckpt.dir, args, timeoutMs: startMs });
+    const gateway: StartedGateway = await startGateway({ modelDir: ckpt.dir, args, timeoutMs: startMs, onSpawn: watchdog.pid });
     procs.push(gateway);
-    watchdog = startWatchdog(
-      procs.map((x) => x.child.pid!).filter((x) => x !== undefined),
-      netns?.links.map((l) => l.namespace) ?? [],
-    );
 
     const model = (await (await fetch(`${gateway.url}/v1/models`)).json()) as { data: { id: string }[] };
     const scenario = { name: sweep.load.scenario, promptTokens: sweep.load.promptTokens, outputTokens: sweep.load.outputTokens, hotTokens: sweep.load.hotTokens } as const;
@@ -186,7 +183,7 @@ export async function runPoint(sweep: Sweep, p: Point, ctx: RunContext): Promise
   } finally {
     // Gateway first (it stops calling the workers), then the workers, then the namespaces.
     for (const proc of [...procs].reverse()) await stopProc(proc).catch(() => undefined);
-    watchdog?.disarm();
     await netns?.teardown();
+    watchdog.disarm();
   }
 }
