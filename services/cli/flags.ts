@@ -2,12 +2,13 @@
  * Flags shared by commands, and their conversion into frozen option objects.
  */
 import { ServerError } from '../common/src/errors.js';
+import { MLA_IMPLS } from '../model/src/graphs/attention.js';
 import { QUANTIZATIONS, type Quantization } from '../model/src/graphs/linear.js';
 import { DEFAULT_RUNTIME, type Device, type RuntimeOptions } from '../model/src/runtime/onnx.js';
 
 export const RUNTIME_FLAGS = {
   device: { type: 'string', default: DEFAULT_RUNTIME.device },
-  mla: { type: 'string', default: 'absorbed' },
+  mla: { type: 'string', default: 'auto' },
   threads: { type: 'string', default: String(DEFAULT_RUNTIME.intraOpThreads) },
   quantization: { type: 'string', default: DEFAULT_RUNTIME.quantization },
 } as const;
@@ -15,7 +16,7 @@ export const RUNTIME_FLAGS = {
 export function runtimeFromFlags(values: { device?: string; mla?: string; threads?: string; quantization?: string }, log: RuntimeOptions['log']): RuntimeOptions {
   const device = (values.device ?? 'cpu').split(':');
   if (device[0] !== 'cpu' && device[0] !== 'cuda') throw new ServerError('invalid_request', `--device must be cpu or cuda[:N], got ${values.device}`);
-  if (values.mla !== undefined && values.mla !== 'naive' && values.mla !== 'absorbed') throw new ServerError('invalid_request', `--mla must be naive or absorbed, got ${values.mla}`);
+  if (values.mla !== undefined && !(MLA_IMPLS as readonly string[]).includes(values.mla)) throw new ServerError('invalid_request', `--mla must be one of ${MLA_IMPLS.join(', ')}, got ${values.mla}`);
   const threads = Number(values.threads ?? DEFAULT_RUNTIME.intraOpThreads);
   if (!Number.isInteger(threads) || threads < 1) throw new ServerError('invalid_request', `--threads must be a positive integer, got ${values.threads}`);
   const quantization = (values.quantization ?? DEFAULT_RUNTIME.quantization) as Quantization;

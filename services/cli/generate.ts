@@ -16,6 +16,7 @@ import { validateSamplingParams } from '../gateway/src/sampling/params.js';
 import type { RuntimeOptions } from '../model/src/runtime/onnx.js';
 import { TextTokenizer } from '../gateway/src/tokenizer/tokenizer.js';
 import { ensureDemoModel } from './demo-model.js';
+import type { MlaImpl } from '../model/src/graphs/attention.js';
 import { parseIntList, runtimeFromFlags, RUNTIME_FLAGS } from './flags.js';
 
 const HELP = `usage: moeserve generate --model DIR (--prompt-ids 1,2,3 | --prompt TEXT)... [flags]
@@ -31,7 +32,7 @@ const HELP = `usage: moeserve generate --model DIR (--prompt-ids 1,2,3 | --promp
   --stop-at-eos          with --json: stop at the model's EOS (default: exactly --max-tokens)
   --no-cache             recompute the whole sequence every step (the reference path)
   --device cpu|cuda      execution provider (default cpu; cuda falls back to cpu)
-  --mla naive|absorbed   MLA attention form (default absorbed)
+  --mla auto|absorbed|naive  MLA attention form (default ${RUNTIME_FLAGS.mla.default})
   --threads N            ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
   --quantization Q       weight format: none (fp32, exact) | int8 (weight-only, blocks of 32) (default ${RUNTIME_FLAGS.quantization.default})
 expert workers (the output is the same as in one process):
@@ -101,7 +102,7 @@ async function runGenerate(
   runtime: RuntimeOptions,
   topology: Topology | null,
 ): Promise<void> {
-  const model = await loadModel(dir, { runtime, mlaImpl: (values.mla as 'naive' | 'absorbed') ?? 'absorbed', experts: topology?.experts });
+  const model = await loadModel(dir, { runtime, mlaImpl: (values.mla ?? RUNTIME_FLAGS.mla.default) as MlaImpl, experts: topology?.experts });
   const tokenizer = textPrompts.length > 0 || !values.json ? TextTokenizer.fromDir(dir) : null;
   const prompts = [...idPrompts, ...textPrompts.map((t) => tokenizer!.encode(t))];
   const num = (s: string | undefined) => (s === undefined ? undefined : Number(s));

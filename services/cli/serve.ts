@@ -11,6 +11,7 @@ import type { SerializedTopology } from '../gateway/src/engine/thread-protocol.j
 import { httpOptions } from '../gateway/src/http/options.js';
 import { startServer } from '../gateway/src/server.js';
 import { DEMO_PRESET, ensureDemoModel } from './demo-model.js';
+import type { MlaImpl } from '../model/src/graphs/attention.js';
 import { runtimeFromFlags, RUNTIME_FLAGS } from './flags.js';
 
 const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-in random-weight model)
@@ -38,7 +39,8 @@ const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-
   --log-prompts                log prompt text / ids (never logged otherwise)
   --log-level L                pino level: trace | debug | info | warn | error (default info)
   --device cpu|cuda[:N]        execution provider (default cpu; cuda falls back to cpu)
-  --mla naive|absorbed         MLA attention form (default absorbed)
+  --mla auto|absorbed|naive    MLA attention form: auto = absorbed for decodes, naive for long prefill
+                               chunks (default ${RUNTIME_FLAGS.mla.default})
   --threads N                  ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
   --quantization Q             weight format: none (fp32, exact to the checkpoint) | int8 (weight-only,
                                blocks of 32, quantized at load) (default ${RUNTIME_FLAGS.quantization.default})
@@ -140,7 +142,7 @@ export async function serveCommand(argv: string[], env: NodeJS.ProcessEnv): Prom
         deviceId: runtime.deviceId,
         intraOpThreads: runtime.intraOpThreads,
         quantization: runtime.quantization,
-        mlaImpl: values.mla === 'naive' ? 'naive' : 'absorbed',
+        mlaImpl: (values.mla ?? RUNTIME_FLAGS.mla.default) as MlaImpl,
         maxModelLen: positiveInt(values['max-model-len'], '--max-model-len'),
         kvCacheBytes: parseBytes(values['kv-cache-bytes'], '--kv-cache-bytes'),
         blockSize: positiveInt(values['block-size'], '--block-size'),

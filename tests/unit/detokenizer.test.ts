@@ -100,6 +100,23 @@ describe('IncrementalDetokenizer on the byte-level fixture', () => {
     expect(d.text).toBe(tok.decode([71, 160]));
   });
 
+  it('text offsets advance by each token\'s text: an invalid byte owns its U+FFFD, a split character belongs to the token completing it', () => {
+    const cases: { ids: number[]; text: string; offsets: number[] }[] = [
+      { ids: [102, 71], text: '\uFFFDh', offsets: [0, 1] }, // A9 alone is invalid: h starts after it
+      { ids: [160, 71], text: '\uFFFDh', offsets: [0, 1] }, // E4 never completed
+      { ids: [160, 116, 71], text: '\uFFFDh', offsets: [0, 0, 1] }, // E4 B8: one incomplete sequence
+      { ids: [160, 116, 244, 71], text: '世h', offsets: [0, 0, 0, 1] }, // E4 B8 96 completes 世
+      { ids: [102, 102, 102, 71], text: '\uFFFD\uFFFD\uFFFDh', offsets: [0, 1, 2, 3] },
+    ];
+    for (const c of cases) {
+      const d = new IncrementalDetokenizer(tok);
+      for (const id of c.ids) d.push(id);
+      d.flush();
+      expect(d.text).toBe(c.text);
+      expect(d.textOffsets).toEqual(c.offsets);
+    }
+  });
+
   it('a run of invalid bytes is not held forever: the window stays at most 5 tokens', () => {
     // A9 ('©', id 102) is a lone continuation byte: every prefix of the run ends in U+FFFD.
     const d = new IncrementalDetokenizer(tok);
@@ -120,7 +137,8 @@ describe('IncrementalDetokenizer on Qwen3 (multi-byte tokens)', () => {
     const ids = tok.encode('héllo 世界 🎉'); // [71, 18503, 385, 220, 99489, 11162, 236, 231]
     const { d, deltas } = stream(tok, ids);
     expect(deltas).toEqual(['h', 'él', 'lo', ' ', '世界', '', '', ' 🎉']);
-    expect(d.textOffsets).toEqual([0, 1, 3, 5, 6, 8, 8, 8]);
+    // 11162 'ĠðŁ' (20 F0 9F) owns the space, 236 (8E) nothing, 231 (89) completes 🎉.
+    expect(d.textOffsets).toEqual([0, 1, 3, 5, 6, 8, 9, 9]);
   });
 
   it('invariants over a mixed-script paragraph', () => {

@@ -43,7 +43,7 @@ export interface LoadedModel extends ModelDir {
   readonly maxModelLen: number;
 }
 
-export const DEFAULT_LOAD: LoadOptions = Object.freeze({ runtime: DEFAULT_RUNTIME, mlaImpl: 'absorbed' });
+export const DEFAULT_LOAD: LoadOptions = Object.freeze({ runtime: DEFAULT_RUNTIME, mlaImpl: 'auto' });
 
 export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): Promise<LoadedModel> {
   const md = openModelDir(dir);

@@ -16,6 +16,7 @@
  */
 import type { ErrorCode } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
+import type { MlaImpl } from '../../../model/src/graphs/attention.js';
 import type { Quantization } from '../../../model/src/graphs/linear.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { TopologyOptions } from '../../../../router/src/topology.js';
@@ -34,7 +35,7 @@ export interface SerializedLoadOptions extends EngineSizing {
   readonly intraOpThreads: number;
   /** Weight format (RuntimeOptions.quantization). @defaultValue 'none' */
   readonly quantization?: Quantization;
-  readonly mlaImpl: 'naive' | 'absorbed';
+  readonly mlaImpl: MlaImpl;
   /** Expert workers (router/ topology, started by the engine thread); absent or null = in-process experts. */
   readonly experts?: SerializedTopology | null;
   /** The shared KV tier in Redis (services/kvcache/src/redis-tier.ts); absent or null = off. */

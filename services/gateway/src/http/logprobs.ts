@@ -6,8 +6,11 @@
  * (dicts token -> logprob) and `text_offset`. Each dict holds the top-N in order, then the chosen
  * token if it is not among them (OpenAI's "up to logprobs + 1"); with echo the first prompt token
  * has null entries, as in vLLM. `text_offset` is each token's character offset in the returned
- * text. Tokens are their decoded text, or "token_id:N" with return_tokens_as_token_ids (then
- * keys never collide; two ids that decode to the same text would share a text key).
+ * text. Tokens are their decoded text, or "token_id:N" with return_tokens_as_token_ids. A token
+ * whose bytes are not valid UTF-8 on its own (byte-level BPE splits CJK and emoji) is named
+ * "bytes:\xNN..." as vLLM and OpenAI do (its text alone would be U+FFFD, and every such token
+ * would overwrite the others in a top dict). Keys of a top dict are distinct: should two ids still
+ * share a name, the later is written "token_id:N".
  *
  * Chat: `{content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}`.
  *
@@ -30,7 +33,7 @@ export class TokenLabels {
     private readonly asIds: boolean,
   ) {}
   label(id: number): string {
-    return this.asIds ? `token_id:${id}` : this.tok.tokenText(id);
+    return this.asIds ? `token_id:${id}` : this.tok.logprobToken(id);
   }
   bytes(id: number): number[] {
     return Array.from(this.tok.tokenBytes(id));
@@ -50,13 +53,20 @@ export function emptyCompletionLogprobs(): CompletionLogprobs {
 
 function topDict(labels: TokenLabels, id: number, lp: TokenLogprobs): OrderedObject {
   const entries: [string, JsonValue][] = [];
+  const keys = new Set<string>();
+  const add = (t: number, v: number) => {
+    let k = labels.label(t);
+    if (keys.has(k)) k = `token_id:${t}`;
+    keys.add(k);
+    entries.push([k, clamp(v)]);
+  };
   let hasChosen = false;
   for (let i = 0; i < lp.topIds.length; i++) {
     const t = lp.topIds[i]!;
     if (t === id) hasChosen = true;
-    entries.push([labels.label(t), clamp(lp.topLogprobs[i]!)]);
+    add(t, lp.topLogprobs[i]!);
   }
-  if (!hasChosen) entries.push([labels.label(id), clamp(lp.logprob)]);
+  if (!hasChosen) add(id, lp.logprob);
   return new OrderedObject(entries);
 }
 

@@ -20,9 +20,13 @@
  * `decode(ids)`. After the model emits invalid bytes that are later followed by a character whose
  * first byte was already emitted as U+FFFD, the streamed text can differ from `decode(ids)`.
  *
- * Text offsets (OpenAI `logprobs.text_offset`): token i's offset is the length of the text emitted
- * before it was pushed. A held token shares its offset with the token that completes it (the
- * character is attributed to the completing token); offsets are non-decreasing and the last
+ * Text offsets (OpenAI `logprobs.text_offset`): token i's offset is the length of the text that
+ * was final before its bytes, so text.slice(offset[i], offset[i + 1]) is token i's share of the
+ * text and the offsets advance by each token's text. A character split across tokens belongs to
+ * the token that completes it (the tokens before it hold no text of their own: "世" = E4 B8 96 on
+ * three tokens gives offsets L, L, L, then L + 1). An invalid byte the model emitted (shown as
+ * U+FFFD) belongs to its own token: it is known to be final once the next token's bytes cannot
+ * continue it, so that token's offset starts after it. Offsets are non-decreasing and the last
  * token's text ends at `text.length`.
  */
 import type { TextTokenizer } from './tokenizer.js';
@@ -48,6 +52,8 @@ export class IncrementalDetokenizer {
   private prefixOffset: number;
   private readOffset: number;
   private emitted = '';
+  /** Text of the held tokens as decoded so far ('' when none is held); ends with U+FFFD. */
+  private heldText = '';
   /** [pushed tokens] character offset of each pushed token's text in `text`. */
   readonly textOffsets: number[] = [];
 
@@ -73,29 +79,41 @@ export class IncrementalDetokenizer {
 
   /** Adds one generated id; returns the text that became final ('' while a character is incomplete). */
   push(id: number): string {
-    this.textOffsets.push(this.emitted.length);
+    const heldLen = this.heldText.length;
     // A skipped special token never enters the window (vLLM drops it from its token list too), so
     // runs of them cost nothing and the previous real token stays as decode context.
-    if (this.skipSpecial && this.tok.isSpecialToken(id)) return '';
+    if (this.skipSpecial && this.tok.isSpecialToken(id)) {
+      this.textOffsets.push(this.emitted.length + Math.max(0, heldLen - 1));
+      return '';
+    }
     this.ids.push(id);
     const prefixText = this.tok.decodeRange(this.ids, this.prefixOffset, this.readOffset, this.skipSpecial);
     const newText = this.tok.decodeRange(this.ids, this.prefixOffset, this.ids.length, this.skipSpecial);
+    const pending = newText.length > prefixText.length ? newText.slice(prefixText.length) : '';
+    // The held text's last U+FFFD was an incomplete character; it is final (an invalid byte) if
+    // this token's bytes started something after it, else this token continues or completes it.
+    let final = this.emitted.length;
+    if (heldLen > 0) final += pending.length > heldLen && pending.charCodeAt(heldLen - 1) === REPLACEMENT ? heldLen : heldLen - 1;
+    this.textOffsets.push(final);
     const held = this.ids.length - this.readOffset;
-    if (newText.length <= prefixText.length) {
+    if (pending.length === 0) {
       // No new text (an empty token). Keep the context, but never let the window grow unbounded.
       if (held > MAX_EMPTY_TOKENS) this.advance();
       return '';
     }
-    if (newText.charCodeAt(newText.length - 1) === REPLACEMENT && held <= MAX_HELD_TOKENS) return ''; // incomplete character: hold
-    const delta = newText.slice(prefixText.length);
+    if (pending.charCodeAt(pending.length - 1) === REPLACEMENT && held <= MAX_HELD_TOKENS) {
+      this.heldText = pending; // incomplete character: hold
+      return '';
+    }
     this.advance();
-    this.emitted += delta;
-    return delta;
+    this.emitted += pending;
+    return pending;
   }
 
   private advance(): void {
     this.prefixOffset = this.readOffset;
     this.readOffset = this.ids.length;
+    this.heldText = '';
   }
 
   /** At the end of generation: emits whatever is held (an incomplete character shows as U+FFFD). */

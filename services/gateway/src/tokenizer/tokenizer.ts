@@ -44,6 +44,9 @@ function tokenString(v: unknown): string | null {
   return null;
 }
 
+/** Throws on bytes that are not valid UTF-8 (a token holding part of a character). */
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'] as const;
 
 /** HF `clean_up_tokenization` (applied by `decode` only when the config enables it). */
@@ -123,6 +126,7 @@ export class TextTokenizer {
   private maxTokenBytesCache = 0;
   /** Lazily filled: logprobs ask for the same few thousand ids over and over. */
   private readonly tokenTextCache: (string | undefined)[];
+  private readonly logprobTokenCache: (string | undefined)[];
 
   /**
    * Loads tokenizer.json, tokenizer_config.json and, when present, special_tokens_map.json,
@@ -154,6 +158,7 @@ export class TextTokenizer {
     const vocab = this.lib.model!.vocab; // id -> token string, added tokens included
     this.vocabSize = vocab.length;
     this.tokenTextCache = new Array<string | undefined>(this.vocabSize);
+    this.logprobTokenCache = new Array<string | undefined>(this.vocabSize);
 
     this.specialMask = new Uint8Array(this.vocabSize);
     for (const [id, t] of this.lib.get_added_tokens_decoder()) if (t.special) this.specialMask[id] = 1;
@@ -254,6 +259,34 @@ export class TextTokenizer {
     if (s === undefined) {
       s = this.decode([id]);
       this.tokenTextCache[id] = s;
+    }
+    return s;
+  }
+
+  /**
+   * The token as logprobs name it (vLLM's and OpenAI's convention): its text when its bytes are
+   * valid UTF-8 on their own, else `bytes:` and each byte as `\xNN` (Qwen3's 'ĠðŁ', bytes 20 F0
+   * 9F, is "bytes:\x20\xf0\x9f"). Distinct byte sequences get distinct names, where `tokenText`
+   * would give both U+FFFD; ids without a token are "token_id:N".
+   */
+  logprobToken(id: number): string {
+    if (!Number.isInteger(id) || id < 0) throw new ServerError('invalid_token_id', `token id ${id} is not a valid token id`);
+    if (id >= this.vocabSize) return `token_id:${id}`;
+    let s = this.logprobTokenCache[id];
+    if (s === undefined) {
+      const bytes = this.tokenBytes(id);
+      if (bytes.length === 0) s = `token_id:${id}`;
+      else {
+        try {
+          s = STRICT_UTF8.decode(bytes);
+          // Special tokens and non-byte-level decoders: the decoded text (what tokenText shows).
+          if (this.byteTable === null || this.specialMask[id] === 1) s = this.tokenText(id);
+        } catch {
+          s = 'bytes:';
+          for (const b of bytes) s += `\\x${b.toString(16).padStart(2, '0')}`;
+        }
+      }
+      this.logprobTokenCache[id] = s;
     }
     return s;
   }
