@@ -6,6 +6,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { makeCheckpoint } from '../../services/model/src/make-checkpoint.js';
+import { GraphBuilder } from '../../services/model/src/onnx/graph.js';
+import { DT } from '../../services/model/src/onnx/proto.js';
+import { DEFAULT_RUNTIME, f32, OrtSession } from '../../services/model/src/runtime/onnx.js';
 
 export function cacheDir(): string {
   return process.env.MOESERVE_CACHE ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'moeserve');
@@ -32,6 +35,28 @@ export function median(xs: number[]): number {
 export function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/**
+ * Read bandwidth of the machine with `threads` cores, bytes per second: an ONNX Runtime
+ * ReduceSum over a 512 MiB input (16× the L3 here), rows split over the session's threads. This
+ * is the bound a bandwidth-bound decode step can reach (a one-thread memcpy understates it ~3×).
+ */
+export async function readBandwidth(threads: number, bytes = 512 * 2 ** 20, reps = 7): Promise<number> {
+  const rows = 256;
+  const cols = bytes / 4 / rows;
+  const g = new GraphBuilder('read_bandwidth');
+  g.output(g.op('ReduceSum', [g.input('x', DT.FLOAT, [rows, cols]), g.constI64([1])], { keepdims: 0 }), 'y');
+  const s = await OrtSession.create('read_bandwidth', g.toModel(), { ...DEFAULT_RUNTIME, intraOpThreads: threads });
+  const x = f32(new Float32Array(rows * cols).fill(1), [rows, cols]);
+  const rates: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    s.run({ x }, ['y']);
+    rates.push(bytes / ((performance.now() - t0) / 1000));
+  }
+  await s.release();
+  return median(rates.slice(1));
 }
 
 /** Memory-copy bandwidth, bytes copied per second (median of several 256 MiB copies). */

@@ -14,7 +14,7 @@
  */
 import { ServerError } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
-import { buildGqaAttention, buildMlaAttention, cacheRowElements, type MlaImpl } from '../../../model/src/graphs/attention.js';
+import { buildGqaAttention, buildMlaAttention, cacheRowElements, mlaNaiveCheaper, type MlaImpl } from '../../../model/src/graphs/attention.js';
 import { buildDenseMlp, buildEmbedding, buildLmHead, buildSharedExpert } from '../../../model/src/graphs/mlp.js';
 import type { GraphOptions } from '../../../model/src/graphs/linear.js';
 import { RopeTable } from '../../../model/src/graphs/rope.js';
@@ -62,7 +62,10 @@ export interface ForwardResult {
 
 export interface DenseRunnerOptions {
   readonly runtime: RuntimeOptions;
-  /** MLA attention form: 'absorbed' (fast; the cached latent is attended directly) or 'naive' (oracle). @defaultValue 'absorbed' */
+  /**
+   * MLA attention form: 'auto' (absorbed for decodes, naive for long prefill chunks, whichever
+   * costs fewer multiply-adds), 'absorbed' or 'naive' (the oracle). @defaultValue 'auto'
+   */
   readonly mlaImpl: MlaImpl;
   /** Positions covered by the RoPE table. @defaultValue cfg.maxPositionEmbeddings */
   readonly maxPositions?: number;
@@ -70,6 +73,8 @@ export interface DenseRunnerOptions {
 
 interface LayerUnits {
   readonly attn: OrtSession;
+  /** MLA 'auto': the naive form, for groups whose query chunk makes it cheaper (null otherwise). */
+  readonly attnWide: OrtSession | null;
   readonly dense: OrtSession | null;
   readonly shared: OrtSession | null;
   readonly correctionBias: Float32Array | null;
@@ -143,6 +148,11 @@ function maskFor(g: GroupPlan, window: number | null): Float32Array {
   return mask;
 }
 
+/** One turn of the event loop (pending socket writes go out). */
+function yieldToIo(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** A grow-only Float32Array (reused across steps: avoid GC on the per-step path). */
 class Grow {
   buf = new Float32Array(0);
@@ -201,13 +211,19 @@ export class DenseRunner {
     const units: LayerUnits[] = [];
     for (const layer of cfg.layers) {
       const l = layer.index;
-      const g = new GraphBuilder(`attention_${l}`);
-      if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l, gopts);
-      else buildMlaAttention(g, ws, cfg, l, opts.mlaImpl, gopts);
-      const attn = await OrtSession.create(`attention_${l}`, g.toModel(), rt);
+      const attention = (impl: 'naive' | 'absorbed') => {
+        const g = new GraphBuilder(`attention_${l}`);
+        if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l, gopts);
+        else buildMlaAttention(g, ws, cfg, l, impl, gopts);
+        return OrtSession.create(`attention_${l}_${impl}`, g.toModel(), rt);
+      };
+      const auto = opts.mlaImpl === 'auto' && cfg.attention.kind === 'mla';
       const isMoe = layer.mlp === 'moe';
       units.push({
-        attn,
+        attn: await attention(opts.mlaImpl === 'naive' ? 'naive' : 'absorbed'),
+        // Two sessions hold the layer's projections twice (dsv2-perf: +14 MB a layer): the price
+        // of a fast prefill and a fast decode, until sessions can share initializers.
+        attnWide: auto ? await attention('naive') : null,
         dense: isMoe ? null : await OrtSession.create(`dense_mlp_${l}`, buildDenseMlp(ws, cfg, l, gopts), rt),
         shared: isMoe && cfg.moe.shared ? await OrtSession.create(`shared_expert_${l}`, buildSharedExpert(ws, cfg, l, gopts), rt) : null,
         correctionBias: isMoe && cfg.moe.useCorrectionBias ? ws.readF32(W.correctionBias(l)) : null,
@@ -271,7 +287,7 @@ export class DenseRunner {
     }
     const hidden = this.hidden.take(N * H);
     this.tick();
-    hidden.set((await this.embed.run({ ids: i64(ids, [N]) }, ['hidden'])).hidden!.data);
+    hidden.set(this.embed.run({ ids: i64(ids, [N]) }, ['hidden']).hidden!.data);
     this.tock('embed');
     const xNorm = this.xNorm.take(N * H);
     const cos = this.cos.take(N * F);
@@ -292,12 +308,13 @@ export class DenseRunner {
       const isMoe = layer.mlp === 'moe';
       // ---- attention, group by group
       for (const group of groups) {
-        await this.attentionGroup(l, layer.slidingWindow, unit.attn, group, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
+        const session = unit.attnWide && mlaNaiveCheaper(cfg, group.T) ? unit.attnWide : unit.attn;
+        this.attentionGroup(l, layer.slidingWindow, session, group, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
       }
       // ---- MLP / MoE over all rows
       if (!isMoe) {
         this.tick();
-        const y = (await unit.dense!.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
+        const y = unit.dense!.run({ x: f32(xNorm, [N, H]) }, ['y']).y!.data;
         this.tock('dense_mlp');
         for (let i = 0; i < N * H; i++) hidden[i] += y[i]!;
         this.tock('residual');
@@ -319,8 +336,11 @@ export class DenseRunner {
       if (unit.shared) {
         // Guard the shared run so a routed failure is not left unobserved while it computes.
         pending.catch(() => undefined);
+        // ORT runs synchronously: let the event loop flush the requests to the workers first,
+        // or they would leave only after the shared experts are done.
+        if (!experts.inProcess) await yieldToIo();
         this.tick();
-        shared = (await unit.shared.run({ x: f32(xNorm, [N, H]) }, ['y'])).y!.data;
+        shared = unit.shared.run({ x: f32(xNorm, [N, H]) }, ['y']).y!.data;
         this.tock('shared');
       }
       this.tick();
@@ -351,14 +371,14 @@ export class DenseRunner {
         headIn.set(hidden.subarray(first * H, (first + n) * H), logitRow[s]! * H);
       }
       this.tick();
-      logits = (await this.head.run({ hidden: f32(headIn, [S, H]) }, ['logits'])).logits!.data;
+      logits = this.head.run({ hidden: f32(headIn, [S, H]) }, ['logits']).logits!.data;
       this.tock('lm_head');
     }
     return { logits, logitRow, rowStart, routing: trace };
   }
 
   /** Runs one layer's attention for one group and writes its rows back into the step buffers. */
-  private async attentionGroup(
+  private attentionGroup(
     layer: number,
     window: number | null,
     session: OrtSession,
@@ -369,7 +389,7 @@ export class DenseRunner {
     cos: Float32Array,
     sin: Float32Array,
     routerLogits: Float32Array | null,
-  ): Promise<void> {
+  ): void {
     const H = this.cfg.hiddenSize;
     const F = this.rope.freqs;
     const E = this.E;
@@ -394,7 +414,7 @@ export class DenseRunner {
       mask: f32(mask, [B, T, L]),
     };
     const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
-    const res = await session.run(feeds, outs);
+    const res = session.run(feeds, outs);
     this.tock('attention');
     hidden.set(res.hidden_out!.data, first * H);
     xNorm.set(res.x_norm!.data, first * H);

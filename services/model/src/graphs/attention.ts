@@ -29,7 +29,29 @@ import { DEFAULT_GRAPH_OPTIONS, projection, type GraphOptions } from './linear.j
 import { applyRope } from './rope.js';
 import type { WeightSource } from './source.js';
 
-export type MlaImpl = 'naive' | 'absorbed';
+/**
+ * MLA attention form. 'naive' rebuilds per-head keys and values from the latent (the reference;
+ * cheaper for long query chunks), 'absorbed' attends over the cached latent with W_UK folded into
+ * the query (far cheaper per decoded token), 'auto' uses each where it costs fewer multiply-adds
+ * (`mlaNaiveCheaper`), as DeepSeek and vLLM do (MHA for prefill, MQA over the latent for decode).
+ */
+export type MlaImpl = 'naive' | 'absorbed' | 'auto';
+export const MLA_IMPLS: readonly MlaImpl[] = Object.freeze(['auto', 'absorbed', 'naive']);
+
+/**
+ * Whether the naive form costs fewer multiply-adds for a group of T query rows per sequence.
+ * Per sequence and head, over L ≥ T keys:
+ *   naive    = L·C·(Dn+Dv)  (every key and value rebuilt from the latent) + T·L·(Dn+R+Dv)
+ *   absorbed = T·C·(Dn+Dv)  (W_UK into the query, W_UV after)             + T·L·(2C+R)
+ * naive < absorbed  ⟺  C·(Dn+Dv)·(L−T) < T·L·(2C−Dn−Dv), which holds for every L ≥ T as soon as
+ * T·(2C−Dn−Dv) > C·(Dn+Dv) (dsv2-perf: T ≥ 86). Decode (T = 1) is always absorbed.
+ */
+export function mlaNaiveCheaper(cfg: MoeModelConfig, T: number): boolean {
+  const a = cfg.attention;
+  if (a.kind !== 'mla') return false;
+  const perRow = 2 * a.kvLoraRank - a.qkNopeHeadDim - a.vHeadDim;
+  return perRow > 0 && T * perRow > a.kvLoraRank * (a.qkNopeHeadDim + a.vHeadDim);
+}
 
 /**
  * Epsilon of MLA's inner norms (q_a_layernorm, kv_a_layernorm): transformers builds them as
@@ -137,7 +159,7 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   finish(g, ws, cfg, layer, inp.hidden, attnOut, h * D, a.oBias, opts);
 }
 
-export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: MlaImpl, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
+export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: 'naive' | 'absorbed', opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
   const a = cfg.attention;
   if (a.kind !== 'mla') throw new Error('buildMlaAttention: not an MLA model');
   const H = cfg.hiddenSize;
