@@ -17,6 +17,7 @@ const C = 8; // kv_lora_rank
 const R = 4; // qk_rope_head_dim
 const cfg = parseModelConfig({
   architectures: ['DeepseekV2ForCausalLM'],
+  model_type: 'deepseek_v2',
   hidden_size: H, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2, vocab_size: 32,
   kv_lora_rank: C, q_lora_rank: null, qk_nope_head_dim: 4, qk_rope_head_dim: R, v_head_dim: 4,
   n_routed_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 8, n_shared_experts: 1,

@@ -216,6 +216,12 @@ export function parseModelConfig(raw: unknown): MoeModelConfig {
   }
   const architecture = arch as Architecture;
   const family = FAMILY[architecture];
+  // transformers' AutoConfig builds the config (and AutoModel the model) from model_type, not from
+  // architectures; without it, it only guesses from the folder's name, else raises "Unrecognized
+  // model ... Should have a `model_type` key". So: required, and it must name this architecture.
+  const modelType = (raw as Json).model_type;
+  if (modelType === undefined || modelType === null) bad(`config.json has no "model_type" (transformers' AutoConfig refuses such a config too); for ${architecture} it is "${family}"`);
+  if (modelType !== family) bad(`config.json "model_type" ${JSON.stringify(modelType)} does not match architectures ${JSON.stringify(architecture)} ("${family}"): transformers would build a different model from it`);
   const isDeepseek = family === 'deepseek_v2' || family === 'deepseek_v3';
 
   const act = f.str('hidden_act', 'silu');
