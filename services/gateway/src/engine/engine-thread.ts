@@ -36,9 +36,14 @@ let postedWaiting = -1;
 const post = (m: FromEngine) => port.postMessage(m);
 const NO_EVENTS: readonly StepEvent[] = Object.freeze([]);
 const log = (message: string, level: 'info' | 'warn' | 'error') => post({ type: 'log', level, message });
+/** The error's code travels with it: a corrupt checkpoint stays checkpoint_invalid on the main thread. */
+const fatal = (err: unknown) => {
+  const e = toServerError(err);
+  post({ type: 'fatal', message: e.message, code: e.code });
+};
 
 port.on('message', (msg: ToEngine) => {
-  void handle(msg).catch((err) => post({ type: 'fatal', message: toServerError(err).message }));
+  void handle(msg).catch((err) => fatal(err));
 });
 
 async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
@@ -176,7 +181,7 @@ async function loop(): Promise<void> {
       await new Promise<void>((r) => setImmediate(r));
     }
   } catch (err) {
-    post({ type: 'fatal', message: toServerError(err).message });
+    fatal(err);
   } finally {
     looping = false;
   }

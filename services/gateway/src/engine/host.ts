@@ -75,7 +75,7 @@ export class EngineHost {
       ready = await new Promise<Ready>((resolve, reject) => {
         onMsg = (m: FromEngine) => {
           if (m.type === 'ready') resolve(m);
-          else if (m.type === 'fatal') reject(new ServerError('internal', m.message));
+          else if (m.type === 'fatal') reject(new ServerError(m.code ?? 'internal', m.message));
           else if (m.type === 'log') hooks.onLog?.(m.message, m.level);
         };
         onError = reject;

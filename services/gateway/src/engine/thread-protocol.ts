@@ -86,4 +86,4 @@ export type FromEngine =
   | { type: 'rejected'; id: number; code: ErrorCode; message: string; param?: string }
   | { type: 'stats'; stats: EngineStatsSnapshot }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }
-  | { type: 'fatal'; message: string };
+  | { type: 'fatal'; message: string; code?: ErrorCode };
