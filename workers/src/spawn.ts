@@ -21,7 +21,7 @@ export interface ReadyInfo {
 }
 
 export interface SpawnWorkerOptions {
-  /** Arguments after `moeserve worker`. */
+  /** Arguments after `moeserve worker` (--exit-with-stdin is added when missing). */
   readonly args: readonly string[];
   /** Node flags before the entry (e.g. --cpu-prof). */
   readonly nodeArgs?: readonly string[];
@@ -40,7 +40,15 @@ export interface WorkerProcess {
 }
 
 export function spawnWorker(opts: SpawnWorkerOptions): WorkerProcess {
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), MOESERVE_BIN, 'worker', ...opts.args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // detached: the worker leads its own process group. A signal to the parent's group (Ctrl-C,
+  // `kill -TERM -PGID`, systemd's group kill) then reaches only the parent, which drains its
+  // requests in flight and stops its workers afterwards (stopProcess); had the workers taken the
+  // group's SIGTERM too, every stream would have failed at once. They still die with the parent:
+  // --exit-with-stdin is always passed (a worker outside its parent's group would otherwise
+  // outlive a parent stopped by Ctrl-C), and the stdin pipe closes whenever the parent goes, even
+  // by SIGKILL. (Not unref'd: the parent keeps its handle on each child.)
+  const args = opts.args.includes('--exit-with-stdin') ? opts.args : [...opts.args, '--exit-with-stdin'];
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), MOESERVE_BIN, 'worker', ...args], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
   const name = opts.name ?? 'worker';
   const timeoutMs = opts.startTimeoutMs ?? 300_000;
   const ready = new Promise<ReadyInfo>((resolve, reject) => {
