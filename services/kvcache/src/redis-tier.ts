@@ -81,11 +81,11 @@ export interface RedisKvTierOptions {
    * with its revision).
    */
   readonly modelId: string;
-  /** @defaultValue 'moeserve:kv' */
+  /** @defaultValue DEFAULT_KV_TIER.keyPrefix ('moeserve:kv') */
   readonly keyPrefix?: string;
-  /** Lifetime of a block key. @defaultValue 3_600_000 (1 h) */
+  /** Lifetime of a block key, ms. @defaultValue DEFAULT_KV_TIER.ttlMs (1 h) */
   readonly ttlMs?: number;
-  /** Upper bound of this fingerprint's resident value bytes (see "Byte cap"). @defaultValue 1 GiB */
+  /** Upper bound of this fingerprint's resident value bytes (see "Byte cap"). @defaultValue DEFAULT_KV_TIER.maxBytes (1 GiB) */
   readonly maxBytes?: number;
   /**
    * Deadline of one prefix lookup: fetchTimeoutMs + fetchTimeoutMsPerMiB per MiB of values asked
@@ -115,6 +115,9 @@ export interface RedisKvTierOptions {
   /** @defaultValue none */
   readonly logger?: KvTierLogger;
 }
+
+/** The defaults the tier's options document, written once (the CLI's flags read them). */
+export const DEFAULT_KV_TIER = Object.freeze({ keyPrefix: 'moeserve:kv', ttlMs: 3_600_000, maxBytes: 2 ** 30 });
 
 /** The tier's fingerprint of (model, layout, block size, dtype): 16 hex digits. */
 export function kvTierFingerprint(modelId: string, kv: Pick<KvCacheManager, 'layout' | 'blockSize'>): string {
@@ -202,9 +205,9 @@ export class RedisKvTier implements KvTier {
     if (endianness() !== 'LE') throw new ServerError('config_unsupported', 'the KV Redis tier needs a little-endian host');
     this.kv = kv;
     this.log = options.logger ?? null;
-    this.keyPrefix = options.keyPrefix ?? 'moeserve:kv';
-    this.ttlMs = positive('ttlMs', options.ttlMs ?? 3_600_000);
-    this.maxBytes = positive('maxBytes', options.maxBytes ?? 2 ** 30);
+    this.keyPrefix = options.keyPrefix ?? DEFAULT_KV_TIER.keyPrefix;
+    this.ttlMs = positive('ttlMs', options.ttlMs ?? DEFAULT_KV_TIER.ttlMs);
+    this.maxBytes = positive('maxBytes', options.maxBytes ?? DEFAULT_KV_TIER.maxBytes);
     this.fetchTimeoutMs = positive('fetchTimeoutMs', options.fetchTimeoutMs ?? 100);
     this.fetchTimeoutMsPerMiB = nonNegative('fetchTimeoutMsPerMiB', options.fetchTimeoutMsPerMiB ?? 20);
     this.lookupBackoffMs = positive('lookupBackoffMs', options.lookupBackoffMs ?? 1000);

@@ -116,15 +116,16 @@ interface SeqState {
   readonly progress: StepEvent;
 }
 
+/** The engine's sizing, resolved (load.ts fills the defaults: DEFAULT_ENGINE_SIZING). */
 export interface EngineOptions {
-  /** Sequences decoding at once. @defaultValue 64 */
+  /** Sequences decoding at once. */
   readonly maxNumSeqs: number;
-  /** Tokens per step (prefill chunks + decodes). @defaultValue 512 */
+  /** Tokens per step (prefill chunks + decodes). */
   readonly maxBatchedTokens: number;
-  /** Longest prompt + output. @defaultValue the model's max_position_embeddings */
+  /** Longest prompt + output, tokens. */
   readonly maxModelLen: number;
-  /** Reuse cached KV blocks of identical prefixes (chained block hashes). @defaultValue true */
-  readonly prefixCaching?: boolean;
+  /** Reuse cached KV blocks of identical prefixes (chained block hashes). */
+  readonly prefixCaching: boolean;
 }
 
 export class Engine {
@@ -158,7 +159,7 @@ export class Engine {
     readonly opts: EngineOptions,
   ) {
     this.samplerScratch = createSamplerScratch(cfg.vocabSize);
-    this.prefixCaching = opts.prefixCaching ?? true;
+    this.prefixCaching = opts.prefixCaching;
   }
 
   get numRunning(): number {

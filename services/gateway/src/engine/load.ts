@@ -11,20 +11,7 @@ import { inProcessTopology, type Topology } from '../../../../router/src/topolog
 import type { RoutedExperts } from '../../../../router/src/types.js';
 import { DenseRunner } from './dense-runner.js';
 import { Engine } from './engine.js';
-
-/** How big the engine is: context, KV pool, batch. Shared by LoadOptions and the engine thread's init message. */
-export interface EngineSizing {
-  /** Longest prompt + output served. @defaultValue min(max_position_embeddings, 4096) */
-  readonly maxModelLen?: number;
-  /** KV-cache storage over all layers, bytes. @defaultValue 1 GiB */
-  readonly kvCacheBytes?: number;
-  /** Tokens per KV block. @defaultValue 16 */
-  readonly blockSize?: number;
-  readonly maxNumSeqs?: number;
-  readonly maxBatchedTokens?: number;
-  /** Reuse KV blocks of identical prefixes. @defaultValue true */
-  readonly prefixCaching?: boolean;
-}
+import { DEFAULT_ENGINE_SIZING, type EngineSizing } from './sizing.js';
 
 export interface LoadOptions extends EngineSizing {
   readonly runtime: RuntimeOptions;
@@ -48,16 +35,17 @@ export const DEFAULT_LOAD: LoadOptions = Object.freeze({ runtime: DEFAULT_RUNTIM
 export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): Promise<LoadedModel> {
   const md = openModelDir(dir);
   const { cfg, checkpoint } = md;
-  const maxModelLen = Math.min(opts.maxModelLen ?? Math.min(cfg.maxPositionEmbeddings, 4096), cfg.maxPositionEmbeddings);
+  const d = DEFAULT_ENGINE_SIZING;
+  const maxModelLen = Math.min(opts.maxModelLen ?? d.maxModelLenCap, cfg.maxPositionEmbeddings);
   const runner = await DenseRunner.load(cfg, checkpoint, { runtime: opts.runtime, mlaImpl: opts.mlaImpl, maxPositions: maxModelLen });
   const topology = opts.experts ? null : await inProcessTopology(cfg, checkpoint, opts.runtime);
   const experts = opts.experts ?? topology!.experts;
-  const kv = KvCacheManager.forModel(cfg, { blockSize: opts.blockSize ?? 16, budgetBytes: opts.kvCacheBytes ?? 1 << 30 });
+  const kv = KvCacheManager.forModel(cfg, { blockSize: opts.blockSize ?? d.blockSize, budgetBytes: opts.kvCacheBytes ?? d.kvCacheBytes });
   const engine = new Engine(cfg, runner, experts, kv, {
-    maxNumSeqs: opts.maxNumSeqs ?? 64,
-    maxBatchedTokens: opts.maxBatchedTokens ?? 512,
+    maxNumSeqs: opts.maxNumSeqs ?? d.maxNumSeqs,
+    maxBatchedTokens: opts.maxBatchedTokens ?? d.maxBatchedTokens,
     maxModelLen,
-    prefixCaching: opts.prefixCaching ?? true,
+    prefixCaching: opts.prefixCaching ?? d.prefixCaching,
   });
   return { ...md, runner, experts, topology, kv, engine, maxModelLen };
 }

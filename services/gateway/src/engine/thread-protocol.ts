@@ -21,7 +21,7 @@ import type { Quantization } from '../../../model/src/graphs/linear.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { TopologyOptions } from '../../../../router/src/topology.js';
 import type { EngineRequest, StepEvent } from './engine.js';
-import type { EngineSizing } from './load.js';
+import type { EngineSizing } from './sizing.js';
 
 /**
  * Where the routed experts run, as plain data (what survives postMessage): the router's

@@ -2,6 +2,7 @@
  * The HTTP edge's options: validated once at boot, frozen, passed down explicitly.
  */
 import { ServerError } from '../../../common/src/errors.js';
+import { DEFAULT_ENGINE_SIZING } from '../engine/sizing.js';
 
 export interface HttpOptions {
   /** The name clients send as `model` and GET /v1/models lists. */
@@ -10,7 +11,8 @@ export interface HttpOptions {
   readonly apiKey: string | null;
   /**
    * Sequences (prompts × n) that may wait for a seat beyond the running ones; a request that
-   * would push the waiting queue past it gets 429. @defaultValue 256
+   * would push the waiting queue past it gets 429. The one rule: `defaultMaxWaiting(maxNumSeqs)`,
+   * 4 waiting per seat. @defaultValue defaultMaxWaiting(DEFAULT_ENGINE_SIZING.maxNumSeqs) = 256
    */
   readonly maxWaiting: number;
   /** Deadline of one generation request from arrival to its last token, ms; 0 = none. @defaultValue 0 */
@@ -35,9 +37,17 @@ export interface HttpOptions {
   readonly statsTimeoutMs: number;
 }
 
+/** Waiting sequences allowed per seat of the engine (max-num-seqs). */
+const WAITING_PER_SEAT = 4;
+
+/** The waiting-queue bound for an engine of `maxNumSeqs` seats (the default of `maxWaiting`). */
+export function defaultMaxWaiting(maxNumSeqs: number): number {
+  return WAITING_PER_SEAT * maxNumSeqs;
+}
+
 export const DEFAULT_HTTP_OPTIONS: Omit<HttpOptions, 'servedModelName'> = Object.freeze({
   apiKey: null,
-  maxWaiting: 256,
+  maxWaiting: defaultMaxWaiting(DEFAULT_ENGINE_SIZING.maxNumSeqs),
   requestTimeoutMs: 0,
   logPrompts: false,
   bodyLimit: 32 * 2 ** 20,
