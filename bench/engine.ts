@@ -6,13 +6,16 @@
  * - decode tokens/s at batch 1, 8 and 32 (16-token prompts, steady state after warm-up);
  * - cached vs recompute: time to generate 16 tokens after a 128-token prompt, and the ratio;
  * - KV bytes per token (the layout's, and for MLA the MHA-equivalent);
- * - at batch 1, the ratio of measured decode speed to the bandwidth bound
- *   (active weight bytes per token ÷ memory-copy bandwidth measured in this run);
+ * - each decode figure against the bandwidth bound: the weight bytes a step must read (batch 1:
+ *   the active weights per token; larger batches: the weights of every expert the step hits)
+ *   ÷ the machine's read bandwidth with all cores, measured in this run;
+ * - the same with --quantization int8 (weights read at a quarter of the bytes), and with one
+ *   ONNX Runtime thread per session (the old default) for comparison;
  * - where decode time goes (per-unit wall time at batch 8);
  * - the engine on the main thread vs in a worker thread: decode tokens/s and the main event
  *   loop's p99 delay while decoding (what HTTP/SSE would feel).
  *
- * Usage: npm run bench:engine [-- mixtral-perf dsv2-perf] [--steps N] [--no-thread]
+ * Usage: npm run bench:engine [-- mixtral-perf dsv2-perf] [--steps N] [--no-thread] [--no-variants]
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { EngineHost } from '../services/gateway/src/engine/host.js';
@@ -23,18 +26,19 @@ import { loadModel, type LoadedModel } from '../services/gateway/src/engine/load
 import { DEFAULT_SAMPLING } from '../services/gateway/src/sampling/params.js';
 import type { MoeModelConfig } from '../services/model/src/config.js';
 import { mhaEquivalentLayout } from '../services/kvcache/src/layout.js';
-import { DEFAULT_RUNTIME } from '../services/model/src/runtime/onnx.js';
+import { DEFAULT_RUNTIME, DEFAULT_THREADS, type RuntimeOptions } from '../services/model/src/runtime/onnx.js';
 import { expectedTensors } from '../services/model/src/weights.js';
-import { ensurePerfModel, median, memcpyBandwidth, table } from './lib/perf-models.js';
+import { ensurePerfModel, median, memcpyBandwidth, readBandwidth, table } from './lib/perf-models.js';
 
 const args = process.argv.slice(2);
 const stepsArg = args.indexOf('--steps');
 const STEPS = stepsArg >= 0 ? Number(args[stepsArg + 1]) : 8;
 const presets = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--steps');
 const THREAD_CHECK = !args.includes('--no-thread');
+const VARIANTS = !args.includes('--no-variants');
 const PRESETS = presets.length ? presets : ['mixtral-perf', 'dsv2-perf'];
 const GREEDY = { ...DEFAULT_SAMPLING, temperature: 0 };
-const LOAD = { runtime: DEFAULT_RUNTIME, mlaImpl: 'absorbed' as const, kvCacheBytes: 2 * 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 2048 };
+const LOAD = { runtime: DEFAULT_RUNTIME, mlaImpl: 'auto' as const, kvCacheBytes: 2 * 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 2048 };
 
 let rngState = 12345;
 function randomIds(n: number, vocab: number): number[] {
@@ -54,18 +58,30 @@ async function prefillAll(engine: Engine, ids: Set<number>): Promise<void> {
   while (pending.size > 0) for (const ev of await engine.step()) if (ev.tokenId >= 0) pending.delete(ev.seqId);
 }
 
-/** Active weight bytes read per generated token at batch 1 (fp32): every dense weight, top-k experts, one embedding row. */
-function activeWeightBytes(cfg: MoeModelConfig): number {
+/**
+ * Weight bytes one decode step reads when `expertsHit` experts of each MoE layer have rows: every
+ * dense weight, those experts, one embedding row per token. int8 (blocks of 32, one float scale
+ * each) is 1 + 4/32 bytes per weight; norms, gates and the embedding stay fp32.
+ */
+function stepWeightBytes(cfg: MoeModelConfig, expertsHit: number, int8: boolean): number {
+  const perWeight = int8 ? 1 + 4 / 32 : 4;
   let bytes = 0;
   for (const t of expectedTensors(cfg)) {
-    const n = t.shape.reduce((a, b) => a * b, 1) * 4;
+    const n = t.shape.reduce((a, b) => a * b, 1);
     if (t.name.includes('.experts.')) continue;
-    if (t.name === 'model.embed_tokens.weight') bytes += cfg.hiddenSize * 4 + (cfg.tieWordEmbeddings ? n : 0);
-    else bytes += n;
+    if (t.name === 'model.embed_tokens.weight') bytes += cfg.hiddenSize * 4 + (cfg.tieWordEmbeddings ? n * perWeight : 0);
+    // Router gates and MLA's kv_b_proj (absorbed into fp32 MatMuls) stay fp32.
+    else if (t.shape.length === 2 && !t.name.endsWith('mlp.gate.weight') && !t.name.endsWith('kv_b_proj.weight') && !t.name.endsWith('shared_expert_gate.weight')) bytes += n * perWeight;
+    else bytes += n * 4;
   }
-  const perExpert = 3 * cfg.hiddenSize * cfg.moe.intermediateSize * 4;
-  bytes += cfg.layers.filter((l) => l.mlp === 'moe').length * cfg.moe.nActivatedExperts * perExpert;
+  const perExpert = 3 * cfg.hiddenSize * cfg.moe.intermediateSize * perWeight;
+  bytes += cfg.layers.filter((l) => l.mlp === 'moe').length * expertsHit * perExpert;
   return bytes;
+}
+
+/** Expected distinct experts hit per layer by a batch of B tokens choosing A of X uniformly. */
+function expectedExpertsHit(X: number, A: number, B: number): number {
+  return X * (1 - Math.pow(1 - A / X, B));
 }
 
 async function decodeRate(model: LoadedModel, batch: number, profile: StepProfile | null): Promise<{ tokS: number; stepMs: number }> {
@@ -87,15 +103,21 @@ async function decodeRate(model: LoadedModel, batch: number, profile: StepProfil
   return { tokS: (batch * 1000) / stepMs, stepMs };
 }
 
-async function benchModel(preset: string, threadCheck: boolean): Promise<void> {
-  const dir = ensurePerfModel(preset);
-  const t0 = performance.now();
-  const model = await loadModel(dir, LOAD);
-  const loadS = (performance.now() - t0) / 1000;
-  const { cfg, engine } = model;
-  const bw = memcpyBandwidth();
-  process.stdout.write(`\n## ${preset}  (${cfg.architecture}, hidden ${cfg.hiddenSize}, ${cfg.numLayers} layers, ${cfg.moe.nRoutedExperts} experts top-${cfg.moe.nActivatedExperts}, attention ${cfg.attention.kind}; loaded in ${loadS.toFixed(1)} s)\n`);
+interface Variant {
+  readonly label: string;
+  readonly runtime: RuntimeOptions;
+}
 
+interface Measured {
+  loadS: number;
+  prefillTokS: number;
+  decode: Record<number, { tokS: number; stepMs: number }>;
+}
+
+const BATCHES = [1, 16, 32];
+
+async function measure(model: LoadedModel, profile: StepProfile | null): Promise<Omit<Measured, 'loadS'>> {
+  const { cfg, engine } = model;
   // prefill: one 128-token prompt per step
   const prefill: number[] = [];
   for (let i = 0; i < 5; i++) {
@@ -104,14 +126,59 @@ async function benchModel(preset: string, threadCheck: boolean): Promise<void> {
     while ((await engine.step()).every((e) => e.seqId !== id || e.tokenId < 0));
     prefill.push(performance.now() - s);
   }
-  const prefillTokS = 128_000 / median(prefill.slice(1));
-
-  // decode at batch 1, 8, 32 (+ the profile at batch 8)
-  const profile = new StepProfile();
   const decode: Record<number, { tokS: number; stepMs: number }> = {};
-  for (const b of [1, 8, 32]) decode[b] = await decodeRate(model, b, b === 8 ? profile : null);
+  for (const b of BATCHES) decode[b] = await decodeRate(model, b, b === 16 ? profile : null);
+  return { prefillTokS: 128_000 / median(prefill.slice(1)), decode };
+}
 
-  // cached vs recompute: 16 tokens after a 128-token prompt, batch 1
+async function benchModel(preset: string, threadCheck: boolean): Promise<void> {
+  const dir = ensurePerfModel(preset);
+  const variants: Variant[] = [{ label: `fp32, ${DEFAULT_THREADS} threads`, runtime: DEFAULT_RUNTIME }];
+  if (VARIANTS) {
+    variants.push({ label: `int8, ${DEFAULT_THREADS} threads`, runtime: { ...DEFAULT_RUNTIME, quantization: 'int8' } });
+    if (DEFAULT_THREADS > 1) variants.push({ label: 'fp32, 1 thread', runtime: { ...DEFAULT_RUNTIME, intraOpThreads: 1 } });
+  }
+  const bw = await readBandwidth(DEFAULT_THREADS);
+  const bw1 = await readBandwidth(1);
+  const copy = memcpyBandwidth();
+  const profile = new StepProfile();
+  const results: Measured[] = [];
+  let first: LoadedModel | null = null;
+  for (const v of variants) {
+    const t0 = performance.now();
+    const model = await loadModel(dir, { ...LOAD, runtime: v.runtime });
+    const loadS = (performance.now() - t0) / 1000;
+    results.push({ loadS, ...(await measure(model, results.length === 0 ? profile : null)) });
+    if (!first) first = model;
+    else model.checkpoint.close();
+  }
+  const model = first!;
+  const { cfg, engine } = model;
+  process.stdout.write(`\n## ${preset}  (${cfg.architecture}, hidden ${cfg.hiddenSize}, ${cfg.numLayers} layers, ${cfg.moe.nRoutedExperts} experts top-${cfg.moe.nActivatedExperts}, attention ${cfg.attention.kind})\n`);
+  process.stdout.write(`read bandwidth, this run: ${(bw / 1e9).toFixed(1)} GB/s with ${DEFAULT_THREADS} threads, ${(bw1 / 1e9).toFixed(1)} GB/s with 1 (a one-thread memcpy: ${(copy / 1e9).toFixed(1)} GB/s)\n`);
+
+  const X = cfg.moe.nRoutedExperts;
+  const A = cfg.moe.nActivatedExperts;
+  const rows: (string | number)[][] = [['metric', ...variants.map((v) => v.label)]];
+  rows.push(['load s', ...results.map((r) => r.loadS)]);
+  rows.push(['prefill tokens/s (128-token prompt)', ...results.map((r) => r.prefillTokS)]);
+  for (const b of BATCHES) {
+    rows.push([`decode tokens/s, batch ${b}`, ...results.map((r) => r.decode[b]!.tokS)]);
+    const hit = b === 1 ? A : expectedExpertsHit(X, A, b);
+    rows.push([
+      `  ÷ bandwidth bound (${b === 1 ? 'active' : `~${hit.toFixed(1)} experts hit`})`,
+      ...variants.map((v, i) => {
+        const bytes = stepWeightBytes(cfg, hit, v.runtime.quantization === 'int8');
+        const threads = v.runtime.intraOpThreads;
+        const boundStepS = bytes / (threads > 1 ? bw : bw1);
+        return results[i]!.decode[b]!.stepMs / 1000 > 0 ? boundStepS / (results[i]!.decode[b]!.stepMs / 1000) : 0;
+      }),
+    ]);
+  }
+  rows.push(['weight MB read per token at batch 1', ...variants.map((v) => stepWeightBytes(cfg, A, v.runtime.quantization === 'int8') / 2 ** 20)]);
+  process.stdout.write(`${table(rows)}\n`);
+
+  // cached vs recompute: 16 tokens after a 128-token prompt, batch 1 (default variant)
   const prompt = randomIds(128, cfg.vocabSize);
   const c0 = performance.now();
   const id = engine.add(request(prompt, 16));
@@ -120,17 +187,9 @@ async function benchModel(preset: string, threadCheck: boolean): Promise<void> {
   const r0 = performance.now();
   await generateRecompute(cfg, model.runner, model.experts, [prompt], { maxTokens: 16, sampling: GREEDY, stopTokenIds: [] });
   const recomputeMs = performance.now() - r0;
-
   const kv = model.kv.stats();
-  const active = activeWeightBytes(cfg);
-  const boundTokS = bw / active;
-  const rows: (string | number)[][] = [
+  const more: (string | number)[][] = [
     ['metric', 'value'],
-    ['prefill tokens/s (128-token prompt)', prefillTokS],
-    ['decode tokens/s, batch 1', decode[1]!.tokS],
-    ['decode tokens/s, batch 8', decode[8]!.tokS],
-    ['decode tokens/s, batch 32', decode[32]!.tokS],
-    ['decode step ms, batch 1 / 8 / 32', `${decode[1]!.stepMs.toFixed(1)} / ${decode[8]!.stepMs.toFixed(1)} / ${decode[32]!.stepMs.toFixed(1)}`],
     ['16 tokens after 128: cached ms', cachedMs],
     ['16 tokens after 128: recompute ms', recomputeMs],
     ['cached vs recompute speed-up (x)', recomputeMs / cachedMs],
@@ -138,18 +197,12 @@ async function benchModel(preset: string, threadCheck: boolean): Promise<void> {
   ];
   if (cfg.attention.kind === 'mla') {
     const mha = mhaEquivalentLayout(cfg).bytesPerToken;
-    rows.push(['KV bytes/token if K,V expanded per head', mha], ['MLA saving (x)', mha / kv.bytesPerToken]);
+    more.push(['KV bytes/token if K,V expanded per head', mha], ['MLA saving (x)', mha / kv.bytesPerToken]);
   }
-  rows.push(
-    ['active weight MB per token (batch 1)', active / 2 ** 20],
-    ['memory-copy bandwidth GB/s (this run)', bw / 1e9],
-    ['bandwidth bound tokens/s (batch 1)', boundTokS],
-    ['batch-1 decode / bandwidth bound', decode[1]!.tokS / boundTokS],
-  );
-  process.stdout.write(`${table(rows)}\n`);
+  process.stdout.write(`\n${table(more)}\n`);
 
   const total = PROFILE_UNITS.reduce((s, u) => s + profile.ms[u], 0);
-  process.stdout.write(`\nwhere decode time goes (batch 8, ${STEPS} steps, ${(total / STEPS).toFixed(1)} ms/step):\n`);
+  process.stdout.write(`\nwhere decode time goes (${variants[0]!.label}, batch 16, ${STEPS} steps, ${(total / STEPS).toFixed(1)} ms/step):\n`);
   process.stdout.write(`${table([['unit', 'ms/step', 'share'], ...PROFILE_UNITS.filter((u) => profile.ms[u] > 0).map((u) => [u, profile.ms[u] / STEPS, `${((100 * profile.ms[u]) / total).toFixed(1)}%`])])}\n`);
 
   if (threadCheck) await threadComparison(dir, model);
@@ -174,7 +227,7 @@ async function threadComparison(dir: string, model: LoadedModel): Promise<void> 
     for (let b = 0; b < B; b++) ids.add(model.engine.add(request(randomIds(16, model.cfg.vocabSize), steps + 1)));
     for (let done = 0; done < B; ) for (const ev of await model.engine.step()) if (ev.finishReason) done++;
   });
-  const host = await EngineHost.start(dir, { device: 'cpu', deviceId: 0, intraOpThreads: 1, mlaImpl: 'absorbed', kvCacheBytes: 2 ** 30, maxModelLen: 2048 });
+  const host = await EngineHost.start(dir, { device: 'cpu', deviceId: 0, intraOpThreads: DEFAULT_THREADS, mlaImpl: 'auto', kvCacheBytes: 2 ** 30, maxModelLen: 2048 });
   const thread = await measure(
     () =>
       new Promise<void>((resolve) => {

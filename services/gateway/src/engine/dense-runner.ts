@@ -326,9 +326,10 @@ export class DenseRunner {
       if (trace) trace.layers.push({ layer: l, ids: routeIds.slice(), weights: routeWeights.slice() });
       const routed = this.routedOut.take(N * H);
       // Routed experts go out first; shared experts run while they are in flight.
+      // In-process experts compute inside forward() (ONNX Runtime runs synchronously).
+      this.tick();
       const pending = experts.forward(l, xNorm, N, routeIds, routeWeights, A, routed);
       if (experts.inProcess) {
-        this.tick();
         await pending;
         this.tock('experts');
       }
