@@ -24,8 +24,10 @@ export interface LineSpec {
 
 /** A line chart with points (ordinal x when the values are few and categorical). */
 export function lineChart(rows: readonly Row[], s: LineSpec): TopLevelSpec {
+  // Ticks at the values run (8, 16, 32 workers or experts), not at a log scale's round numbers.
+  const xs = [...new Set(rows.map((r) => r[s.x.field]).filter((v): v is number => typeof v === 'number'))].sort((a, b) => a - b);
   const enc: Record<string, unknown> = {
-    x: { field: s.x.field, type: 'quantitative', title: s.x.title, scale: s.x.log ? { type: 'log', base: 2 } : { zero: false }, axis: { tickMinStep: 1 } },
+    x: { field: s.x.field, type: 'quantitative', title: s.x.title, scale: s.x.log ? { type: 'log', base: 2 } : { zero: false }, axis: xs.length <= 12 ? { values: xs } : { tickMinStep: 1 } },
     y: { field: s.y.field, type: 'quantitative', title: s.y.title, scale: s.y.log ? { type: 'log' } : { zero: s.y.zero ?? true } },
   };
   if (s.color) enc['color'] = { field: s.color.field, type: 'nominal', title: s.color.title };
