@@ -200,162 +200,33 @@ class Fields {
     if (!Array.isArray(v) || v.some((x) => typeof x !== 'number' || !Number.isInteger(x))) bad(`config.json: "${key}" must be a list of integers`);
     return v as number[];
   }
-  raw_(key: string): unknown {
-    return this.raw[key];
-  }
 }
 
-/** Parses and validates a config.json object; throws ServerError('config_unsupported') naming the field. */
+/**
+ * config.json -> MoeModelConfig, frozen. Extra keys are ignored (checkpoints always carry some);
+ * what moeserve does not implement is refused with ServerError('config_unsupported') naming the field. The steps below run in
+ * this order (the first problem found is the one reported).
+ */
 export function parseModelConfig(raw: unknown): MoeModelConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('config.json must be a JSON object');
-  const f = new Fields(raw as Json);
-  const archs = (raw as Json).architectures;
-  const arch = Array.isArray(archs) && typeof archs[0] === 'string' ? (archs[0] as string) : undefined;
-  if (!arch || !(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
-    bad(`unsupported architecture ${JSON.stringify(arch ?? null)}; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`);
-  }
-  const architecture = arch as Architecture;
-  const family = FAMILY[architecture];
-  // transformers' AutoConfig builds the config (and AutoModel the model) from model_type, not from
-  // architectures; without it, it only guesses from the folder's name, else raises "Unrecognized
-  // model ... Should have a `model_type` key". So: required, and it must name this architecture.
-  const modelType = (raw as Json).model_type;
-  if (modelType === undefined || modelType === null) bad(`config.json has no "model_type" (transformers' AutoConfig refuses such a config too); for ${architecture} it is "${family}"`);
-  if (modelType !== family) bad(`config.json "model_type" ${JSON.stringify(modelType)} does not match architectures ${JSON.stringify(architecture)} ("${family}"): transformers would build a different model from it`);
-  const isDeepseek = family === 'deepseek_v2' || family === 'deepseek_v3';
-
+  const json = raw as Json;
+  const f = new Fields(json);
+  const { architecture, family } = parseArchitecture(json);
   const act = f.str('hidden_act', 'silu');
   if (!(SUPPORTED_ACTIVATIONS as readonly string[]).includes(act)) {
     bad(`unsupported hidden_act "${act}"; supported: ${SUPPORTED_ACTIVATIONS.join(', ')}`);
   }
-
   const hiddenSize = f.posInt('hidden_size');
   const numLayers = f.posInt('num_hidden_layers');
   const numHeads = f.posInt('num_attention_heads');
   const vocabSize = f.posInt('vocab_size');
   const maxPositionEmbeddings = f.posInt('max_position_embeddings', 4096);
-
-  // ---- attention
-  let attention: AttentionConfig;
-  let ropeHeadDim: number;
-  if (isDeepseek) {
-    const mla: MlaAttentionConfig = {
-      kind: 'mla',
-      numHeads,
-      qLoraRank: f.intOrNull('q_lora_rank'),
-      kvLoraRank: f.posInt('kv_lora_rank'),
-      qkNopeHeadDim: f.int('qk_nope_head_dim'),
-      qkRopeHeadDim: f.posInt('qk_rope_head_dim'),
-      vHeadDim: f.posInt('v_head_dim'),
-      attentionBias: f.bool('attention_bias', false),
-    };
-    if (mla.qkRopeHeadDim % 2 !== 0) bad(`qk_rope_head_dim must be even, got ${mla.qkRopeHeadDim}`);
-    attention = mla;
-    ropeHeadDim = mla.qkRopeHeadDim;
-  } else {
-    const numKvHeads = f.posInt('num_key_value_heads', numHeads);
-    if (numHeads % numKvHeads !== 0) bad(`num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
-    const headDim = f.has('head_dim') ? f.posInt('head_dim') : hiddenSize / numHeads;
-    if (!Number.isInteger(headDim)) bad(`hidden_size (${hiddenSize}) is not a multiple of num_attention_heads (${numHeads}) and no head_dim is given`);
-    const attentionBias = f.bool('attention_bias', false);
-    attention = {
-      kind: 'gqa',
-      numHeads,
-      numKvHeads,
-      headDim,
-      // transformers: Qwen2 always has q/k/v biases and no o bias; Qwen3 follows attention_bias;
-      // Mixtral's projections never have biases, whatever the config says.
-      qkvBias: family === 'qwen2_moe' ? f.bool('qkv_bias', true) : family === 'qwen3_moe' ? attentionBias : false,
-      oBias: family === 'qwen3_moe' ? attentionBias : false,
-      qkNorm: family === 'qwen3_moe',
-    };
-    ropeHeadDim = Math.floor(headDim * f.num('partial_rotary_factor', 1));
-  }
-
-  // ---- rope (config.rope_scaling, or transformers v5 config.rope_parameters)
-  const ropeParams = f.obj('rope_parameters');
-  const ropeScaling = f.obj('rope_scaling') ?? ropeParams;
-  const theta = f.has('rope_theta') ? f.num('rope_theta') : ropeParams && typeof ropeParams.rope_theta === 'number' ? ropeParams.rope_theta : 10000;
-  const rs = new Fields(ropeScaling ?? {});
-  const ropeType = rs.str('rope_type', rs.str('type', 'default'));
-  if (!(SUPPORTED_ROPE_TYPES as readonly string[]).includes(ropeType)) {
-    bad(`unsupported rope scaling type "${ropeType}"; supported: ${SUPPORTED_ROPE_TYPES.join(', ')}`);
-  }
-  if (ropeHeadDim % 2 !== 0) bad(`rotary dimension must be even, got ${ropeHeadDim}`);
-  const origMax = rs.has('original_max_position_embeddings') ? rs.posInt('original_max_position_embeddings') : maxPositionEmbeddings;
-  let factor = 1;
-  if (ropeType !== 'default') {
-    factor = rs.has('factor') ? rs.num('factor') : ropeType === 'yarn' && rs.has('original_max_position_embeddings') ? maxPositionEmbeddings / origMax : bad(`rope scaling "${ropeType}" needs "factor"`);
-  }
-  const yarnMscale = (scale: number, m = 1): number => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
-  let attentionScaling = 1;
-  if (ropeType === 'yarn') {
-    if (rs.has('attention_factor')) attentionScaling = rs.num('attention_factor');
-    else {
-      const m = rs.has('mscale') ? rs.num('mscale') : 0;
-      const mAll = rs.has('mscale_all_dim') ? rs.num('mscale_all_dim') : 0;
-      attentionScaling = m && mAll ? yarnMscale(factor, m) / yarnMscale(factor, mAll) : yarnMscale(factor);
-    }
-  }
-  const interleaved = family === 'deepseek_v2' ? true : family === 'deepseek_v3' ? f.bool('rope_interleave', true) : false;
-  const rope: RopeConfig = {
-    theta,
-    dim: ropeHeadDim,
-    interleaved,
-    type: ropeType as RopeConfig['type'],
-    factor,
-    originalMaxPositionEmbeddings: origMax,
-    betaFast: rs.has('beta_fast') ? rs.num('beta_fast') : 32,
-    betaSlow: rs.has('beta_slow') ? rs.num('beta_slow') : 1,
-    truncate: rs.bool('truncate', true),
-    attentionScaling,
-  };
-
-  // ---- softmax scale
-  let softmaxScale: number;
-  if (attention.kind === 'mla') {
-    softmaxScale = (attention.qkNopeHeadDim + attention.qkRopeHeadDim) ** -0.5;
-    if (family === 'deepseek_v3' && ropeType !== 'default') {
-      const mAll = rs.has('mscale_all_dim') ? rs.num('mscale_all_dim') : 0;
-      if (mAll) {
-        const m = yarnMscale(factor, mAll);
-        softmaxScale *= m * m;
-      }
-    }
-  } else {
-    softmaxScale = attention.headDim ** -0.5;
-  }
-
-  // ---- MoE
+  const { attention, ropeHeadDim } = parseAttention(f, family, hiddenSize, numHeads);
+  const { rope, mscaleAllDim } = parseRope(f, family, ropeHeadDim, maxPositionEmbeddings);
+  const softmaxScale = softmaxScaleOf(attention, family, rope, mscaleAllDim);
   const moe = parseMoe(f, family, hiddenSize);
-
-  // ---- layers: dense vs MoE, sliding windows
-  const layerTypes = (raw as Json).layer_types;
-  const mlpOnly = new Set(f.intList('mlp_only_layers'));
-  const layers: LayerConfig[] = [];
-  for (let i = 0; i < numLayers; i++) {
-    let isMoe: boolean;
-    if (isDeepseek) {
-      isMoe = i >= f.int('first_k_dense_replace', 0) && i % f.posInt('moe_layer_freq', 1) === 0;
-    } else if (family === 'mixtral') {
-      isMoe = true;
-    } else {
-      isMoe = !mlpOnly.has(i) && (i + 1) % f.posInt('decoder_sparse_step', 1) === 0;
-    }
-    let slidingWindow: number | null = null;
-    if (Array.isArray(layerTypes) && layerTypes[i] !== undefined) {
-      if (layerTypes[i] === 'sliding_attention') slidingWindow = f.posInt('sliding_window');
-      else if (layerTypes[i] !== 'full_attention') bad(`unsupported layer_types[${i}] "${String(layerTypes[i])}"; supported: full_attention, sliding_attention`);
-    } else if (family === 'mixtral') {
-      slidingWindow = f.intOrNull('sliding_window');
-    } else if (family === 'qwen2_moe' || family === 'qwen3_moe') {
-      if (f.bool('use_sliding_window', false) && i >= f.int('max_window_layers', 0)) slidingWindow = f.intOrNull('sliding_window');
-    }
-    layers.push(Object.freeze({ index: i, mlp: isMoe ? 'moe' : 'dense', slidingWindow }));
-  }
-  if (!layers.some((l) => l.mlp === 'moe')) bad('config has no MoE layer: moeserve serves Mixture-of-Experts models');
-
-  const eos = (raw as Json).eos_token_id;
+  const layers = parseLayers(f, json, family, numLayers);
+  const eos = json.eos_token_id;
   const eosTokenIds = typeof eos === 'number' ? [eos] : Array.isArray(eos) ? eos.filter((x): x is number => typeof x === 'number') : [];
 
   const cfg: MoeModelConfig = {
@@ -378,6 +249,151 @@ export function parseModelConfig(raw: unknown): MoeModelConfig {
   };
   if (layers.some((l) => l.mlp === 'dense') && cfg.denseIntermediateSize <= 0) bad('config has dense layers but no positive "intermediate_size"');
   return Object.freeze(cfg);
+}
+
+/** architectures[0] (one we implement) and model_type (must name the same family). */
+function parseArchitecture(raw: Json): { architecture: Architecture; family: ModelFamily } {
+  const archs = raw.architectures;
+  const arch = Array.isArray(archs) && typeof archs[0] === 'string' ? (archs[0] as string) : undefined;
+  if (!arch || !(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
+    bad(`unsupported architecture ${JSON.stringify(arch ?? null)}; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`);
+  }
+  const architecture = arch as Architecture;
+  const family = FAMILY[architecture];
+  // transformers' AutoConfig builds the config (and AutoModel the model) from model_type, not from
+  // architectures; without it, it only guesses from the folder's name, else raises "Unrecognized
+  // model ... Should have a `model_type` key". So: required, and it must name this architecture.
+  const modelType = raw.model_type;
+  if (modelType === undefined || modelType === null) bad(`config.json has no "model_type" (transformers' AutoConfig refuses such a config too); for ${architecture} it is "${family}"`);
+  if (modelType !== family) bad(`config.json "model_type" ${JSON.stringify(modelType)} does not match architectures ${JSON.stringify(architecture)} ("${family}"): transformers would build a different model from it`);
+  return { architecture, family };
+}
+
+function isDeepseekFamily(family: ModelFamily): boolean {
+  return family === 'deepseek_v2' || family === 'deepseek_v3';
+}
+
+/** MLA (DeepSeek) or GQA attention, and the rotary dimension it implies. */
+function parseAttention(f: Fields, family: ModelFamily, hiddenSize: number, numHeads: number): { attention: AttentionConfig; ropeHeadDim: number } {
+  if (isDeepseekFamily(family)) {
+    const mla: MlaAttentionConfig = {
+      kind: 'mla',
+      numHeads,
+      qLoraRank: f.intOrNull('q_lora_rank'),
+      kvLoraRank: f.posInt('kv_lora_rank'),
+      qkNopeHeadDim: f.int('qk_nope_head_dim'),
+      qkRopeHeadDim: f.posInt('qk_rope_head_dim'),
+      vHeadDim: f.posInt('v_head_dim'),
+      attentionBias: f.bool('attention_bias', false),
+    };
+    if (mla.qkRopeHeadDim % 2 !== 0) bad(`qk_rope_head_dim must be even, got ${mla.qkRopeHeadDim}`);
+    return { attention: mla, ropeHeadDim: mla.qkRopeHeadDim };
+  }
+  const numKvHeads = f.posInt('num_key_value_heads', numHeads);
+  if (numHeads % numKvHeads !== 0) bad(`num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
+  const headDim = f.has('head_dim') ? f.posInt('head_dim') : hiddenSize / numHeads;
+  if (!Number.isInteger(headDim)) bad(`hidden_size (${hiddenSize}) is not a multiple of num_attention_heads (${numHeads}) and no head_dim is given`);
+  const attentionBias = f.bool('attention_bias', false);
+  const attention: AttentionConfig = {
+    kind: 'gqa',
+    numHeads,
+    numKvHeads,
+    headDim,
+    // transformers: Qwen2 always has q/k/v biases and no o bias; Qwen3 follows attention_bias;
+    // Mixtral's projections never have biases, whatever the config says.
+    qkvBias: family === 'qwen2_moe' ? f.bool('qkv_bias', true) : family === 'qwen3_moe' ? attentionBias : false,
+    oBias: family === 'qwen3_moe' ? attentionBias : false,
+    qkNorm: family === 'qwen3_moe',
+  };
+  return { attention, ropeHeadDim: Math.floor(headDim * f.num('partial_rotary_factor', 1)) };
+}
+
+/** YaRN's attention-magnitude correction for a context `scale` (transformers `get_mscale`). */
+function yarnMscale(scale: number, m = 1): number {
+  return scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1;
+}
+
+/** Rotary embedding: config.rope_scaling, or transformers v5 config.rope_parameters. */
+function parseRope(f: Fields, family: ModelFamily, ropeHeadDim: number, maxPositionEmbeddings: number): { rope: RopeConfig; mscaleAllDim: number } {
+  const ropeParams = f.obj('rope_parameters');
+  const ropeScaling = f.obj('rope_scaling') ?? ropeParams;
+  const theta = f.has('rope_theta') ? f.num('rope_theta') : ropeParams && typeof ropeParams.rope_theta === 'number' ? ropeParams.rope_theta : 10000;
+  const rs = new Fields(ropeScaling ?? {});
+  const ropeType = rs.str('rope_type', rs.str('type', 'default'));
+  if (!(SUPPORTED_ROPE_TYPES as readonly string[]).includes(ropeType)) {
+    bad(`unsupported rope scaling type "${ropeType}"; supported: ${SUPPORTED_ROPE_TYPES.join(', ')}`);
+  }
+  if (ropeHeadDim % 2 !== 0) bad(`rotary dimension must be even, got ${ropeHeadDim}`);
+  const origMax = rs.has('original_max_position_embeddings') ? rs.posInt('original_max_position_embeddings') : maxPositionEmbeddings;
+  let factor = 1;
+  if (ropeType !== 'default') {
+    factor = rs.has('factor') ? rs.num('factor') : ropeType === 'yarn' && rs.has('original_max_position_embeddings') ? maxPositionEmbeddings / origMax : bad(`rope scaling "${ropeType}" needs "factor"`);
+  }
+  let attentionScaling = 1;
+  if (ropeType === 'yarn') {
+    if (rs.has('attention_factor')) attentionScaling = rs.num('attention_factor');
+    else {
+      const m = rs.has('mscale') ? rs.num('mscale') : 0;
+      const mAll = rs.has('mscale_all_dim') ? rs.num('mscale_all_dim') : 0;
+      attentionScaling = m && mAll ? yarnMscale(factor, m) / yarnMscale(factor, mAll) : yarnMscale(factor);
+    }
+  }
+  const interleaved = family === 'deepseek_v2' ? true : family === 'deepseek_v3' ? f.bool('rope_interleave', true) : false;
+  const rope: RopeConfig = {
+    theta,
+    dim: ropeHeadDim,
+    interleaved,
+    type: ropeType as RopeConfig['type'],
+    factor,
+    originalMaxPositionEmbeddings: origMax,
+    betaFast: rs.has('beta_fast') ? rs.num('beta_fast') : 32,
+    betaSlow: rs.has('beta_slow') ? rs.num('beta_slow') : 1,
+    truncate: rs.bool('truncate', true),
+    attentionScaling,
+  };
+  // DeepSeek-V3's softmax scale reads mscale_all_dim too (softmaxScaleOf); only there.
+  const mscaleAllDim = family === 'deepseek_v3' && ropeType !== 'default' && rs.has('mscale_all_dim') ? rs.num('mscale_all_dim') : 0;
+  return { rope, mscaleAllDim };
+}
+
+/** 1/sqrt(query-key dim); DeepSeek-V3 with scaled rope also multiplies by mscale(factor, mscale_all_dim)². */
+function softmaxScaleOf(attention: AttentionConfig, family: ModelFamily, rope: RopeConfig, mscaleAllDim: number): number {
+  if (attention.kind !== 'mla') return attention.headDim ** -0.5;
+  let scale = (attention.qkNopeHeadDim + attention.qkRopeHeadDim) ** -0.5;
+  if (family === 'deepseek_v3' && rope.type !== 'default' && mscaleAllDim) {
+    const m = yarnMscale(rope.factor, mscaleAllDim);
+    scale *= m * m;
+  }
+  return scale;
+}
+
+/** Per layer: dense or MoE MLP, and its sliding window (null = full attention). */
+function parseLayers(f: Fields, raw: Json, family: ModelFamily, numLayers: number): LayerConfig[] {
+  const layerTypes = raw.layer_types;
+  const mlpOnly = new Set(f.intList('mlp_only_layers'));
+  const layers: LayerConfig[] = [];
+  for (let i = 0; i < numLayers; i++) {
+    let isMoe: boolean;
+    if (isDeepseekFamily(family)) {
+      isMoe = i >= f.int('first_k_dense_replace', 0) && i % f.posInt('moe_layer_freq', 1) === 0;
+    } else if (family === 'mixtral') {
+      isMoe = true;
+    } else {
+      isMoe = !mlpOnly.has(i) && (i + 1) % f.posInt('decoder_sparse_step', 1) === 0;
+    }
+    let slidingWindow: number | null = null;
+    if (Array.isArray(layerTypes) && layerTypes[i] !== undefined) {
+      if (layerTypes[i] === 'sliding_attention') slidingWindow = f.posInt('sliding_window');
+      else if (layerTypes[i] !== 'full_attention') bad(`unsupported layer_types[${i}] "${String(layerTypes[i])}"; supported: full_attention, sliding_attention`);
+    } else if (family === 'mixtral') {
+      slidingWindow = f.intOrNull('sliding_window');
+    } else if (family === 'qwen2_moe' || family === 'qwen3_moe') {
+      if (f.bool('use_sliding_window', false) && i >= f.int('max_window_layers', 0)) slidingWindow = f.intOrNull('sliding_window');
+    }
+    layers.push(Object.freeze({ index: i, mlp: isMoe ? 'moe' : 'dense', slidingWindow }));
+  }
+  if (!layers.some((l) => l.mlp === 'moe')) bad('config has no MoE layer: moeserve serves Mixture-of-Experts models');
+  return layers;
 }
 
 function parseMoe(f: Fields, family: ModelFamily, hiddenSize: number): MoeConfig {
