@@ -72,6 +72,11 @@ export interface KvPoolSizing {
 const EMPTY_TABLE = new Int32Array(0);
 const NO_IDS = new Int32Array(0);
 
+/**
+ * Public surface: what the scheduler, the attention path and the Redis tier call, plus four
+ * read-only inspection methods that no serving path uses and the tests assert with (exact block
+ * ids, as vLLM's tests do): `numSequences`, `blockTable`, `readRows`, `numHashedBlocks`.
+ */
 export class KvCacheManager {
   readonly pool: BlockPool;
   readonly layout: KvLayout;
@@ -176,10 +181,6 @@ export class KvCacheManager {
     this.freeIds[this.numFreeIds++] = seqId;
   }
 
-  isLive(seqId: number): boolean {
-    return seqId >= 0 && seqId < this.nextFreshId && this.live[seqId] === 1;
-  }
-
   get numSequences(): number {
     return this.liveCount;
   }
@@ -189,18 +190,6 @@ export class KvCacheManager {
   /** Blocks that hold numTokens tokens: ceil(numTokens / blockSize). */
   blocksForTokens(numTokens: number): number {
     return Math.ceil(numTokens / this.blockSize);
-  }
-
-  /** Whether the pool can supply the blocks of a new sequence of numTokens tokens right now. */
-  canAllocate(numTokens: number): boolean {
-    return this.blocksForTokens(numTokens) <= this.pool.numFree;
-  }
-
-  /** Blocks ensureCapacity(seqId, numTokens) would take from the pool (0 when it has room). */
-  blocksNeeded(seqId: number, numTokens: number): number {
-    this.checkLive(seqId);
-    const extra = this.blocksForTokens(numTokens) - this.blockCounts[seqId];
-    return extra > 0 ? extra : 0;
   }
 
   /**
@@ -222,12 +211,6 @@ export class KvCacheManager {
     this.blockCounts[seqId] = need;
     this.views[seqId] = null;
     return true;
-  }
-
-  /** Tokens the sequence's blocks hold: numBlocks · blockSize. */
-  capacity(seqId: number): number {
-    this.checkLive(seqId);
-    return this.blockCounts[seqId] * this.blockSize;
   }
 
   numBlocks(seqId: number): number {
@@ -323,16 +306,6 @@ export class KvCacheManager {
       ids[n] = id;
     }
     return Object.freeze({ hashes: h, blockIds: ids.subarray(0, n), numBlocks: n, numTokens: n * this.blockSize, queryTokens: numTokens });
-  }
-
-  /**
-   * Whether createSequenceWithPrefix(match, totalTokens) would succeed now. A matched block that is
-   * free (cached-free) is revived by the admission, so it does not count as a free block for the
-   * rest.
-   */
-  canAdmit(match: PrefixMatch, totalTokens: number = match.numTokens): boolean {
-    const n = this.freshMatchedBlocks(match);
-    return this.extraBlocksFor(n, totalTokens) <= this.pool.numFree - this.freeAmong(match.blockIds, n);
   }
 
   /**
