@@ -9,7 +9,7 @@
  * - src/client.ts     one worker connection: Forward stream, deadlines, reconnect with backoff
  * - src/stats.ts      rows per expert / per worker, wire counters (metrics)
  * - src/deadline.ts   deadline and backoff helpers (pure)
- * - src/topology.ts   in-process | local child workers | remote workers -> one RoutedExperts
+ * - src/topology.ts   in-process | local child workers (restarted when they die) | remote workers -> one RoutedExperts; their health
  * - src/options.ts    the topology's CLI flags -> frozen TopologyOptions
  */
 export * from './src/types.js';
@@ -17,5 +17,5 @@ export { contiguous, roundRobin, explicit, basePlacement, parseReplicate, replic
 export { planDispatch, DispatchPlan, ShardedExperts } from './src/dispatch.js';
 export { WorkerClient, grpcTarget, heldOf, type ModelIdentity } from './src/client.js';
 export { RoutingStats, type RoutingStatsSnapshot } from './src/stats.js';
-export { startTopology, DEFAULT_TOPOLOGY, type Topology, type TopologyOptions, type WorkerHandle } from './src/topology.js';
+export { startTopology, DEFAULT_TOPOLOGY, expertsStatus, type ExpertsStatus, type Topology, type TopologyOptions, type WorkerHandle, type WorkerStatus } from './src/topology.js';
 export { TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags } from './src/options.js';

@@ -63,6 +63,8 @@ export class WorkerClient {
   lastError: ServerError | null = null;
   /** Times this worker came back after a failure. */
   reconnects = 0;
+  /** When the worker last answered (a reply, Health, Info) or its stream opened: Unix ms; 0 = never. */
+  lastSeenMs = 0;
   /** Summed one-way latencies of answered requests, µs (request: our write -> its arrival; reply: its write -> our receipt). */
   readonly latency = { requestUs: 0, replyUs: 0, count: 0 };
   private readonly client: ExpertWorkerClient;
@@ -133,7 +135,10 @@ export class WorkerClient {
   }
 
   health(timeoutMs = this.opts.controlDeadlineMs): Promise<HealthReply> {
-    return this.unary<HealthReply>('health', timeoutMs, false);
+    return this.unary<HealthReply>('health', timeoutMs, false).then((h) => {
+      this.lastSeenMs = Date.now();
+      return h;
+    });
   }
 
   stats(timeoutMs = this.opts.controlDeadlineMs): Promise<StatsReply> {
@@ -163,6 +168,7 @@ export class WorkerClient {
     const s = this.client.forward();
     this.stream = s;
     s.on('data', (reply: ForwardReply) => {
+      this.lastSeenMs = Date.now();
       const p = this.pending.get(reply.requestId);
       if (!p) return; // answered after its deadline: already failed over
       this.pending.delete(reply.requestId);
@@ -183,9 +189,10 @@ export class WorkerClient {
     s.on('end', () => {
       if (s === this.stream) this.fail(new ServerError('experts_unavailable', `worker ${this.address} ended its stream`));
     });
-    this.setState('live');
+    this.lastSeenMs = Date.now();
     this.lastError = null;
     this.attempt = 0;
+    this.setState('live');
   }
 
   private onDeadline(id: number, timeoutMs: number): void {

@@ -8,7 +8,12 @@
  *
  * Local children: each prints a ready line the parent waits for; each is told --exit-with-stdin
  * (it exits when the parent dies, even by SIGKILL); the parent kills them on exit and on
- * SIGINT/SIGTERM, and on close().
+ * SIGINT/SIGTERM, and on close(). A local child that dies is restarted by the parent on the same
+ * address, with exponential backoff (RESPAWN_*); its WorkerClient's probe finds it there and it
+ * rejoins. Remote workers rejoin by themselves when they come back at their address.
+ *
+ * Health: `status()` says which workers are up, when each last answered, and which experts have
+ * no live worker (per MoE layer); `onChange` fires whenever a worker goes down or comes back.
  */
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -26,6 +31,7 @@ import { formatExpertsSpec } from '../../services/model/src/experts-spec.js';
 import { ExpertShard } from '../../workers/src/shard.js';
 import { spawnWorker, stopProcess } from '../../workers/src/spawn.js';
 import { grpcTarget, heldOf, WorkerClient, type ModelIdentity } from './client.js';
+import { backoffMs } from './deadline.js';
 import { ShardedExperts } from './dispatch.js';
 import { basePlacement, describeHomes, expertsOf, parseReplicate, placementFromHeld, replicate, uniformPlacement } from './placement.js';
 import { RoutingStats } from './stats.js';
@@ -75,8 +81,8 @@ export const DEFAULT_TOPOLOGY: Omit<TopologyOptions, 'modelDir' | 'runtime' | 'l
 export interface WorkerHandle {
   readonly index: number;
   readonly address: string;
-  /** Local child process (null for remote workers). */
-  readonly process: ChildProcess | null;
+  /** Local child process (null for remote workers); the current one after a restart. */
+  process: ChildProcess | null;
   readonly client: WorkerClient | null;
   /** Experts per MoE layer it holds. */
   readonly held: ReadonlyMap<number, readonly number[]>;
@@ -93,8 +99,57 @@ export interface Topology {
   readonly description: string;
   /** The last routed failure (null in-process, or while none happened). */
   lastError(): ServerError | null;
+  /** Workers up or down and the experts left without a live worker; null in-process. */
+  status(): ExpertsStatus | null;
+  /** Called whenever a worker goes down or comes back (set by the owner). */
+  onChange: () => void;
   close(): Promise<void>;
 }
+
+/** One worker as health checks and /metrics see it. */
+export interface WorkerStatus {
+  /** w0, w1, ... (the /metrics `worker` label). */
+  readonly name: string;
+  readonly address: string;
+  readonly up: boolean;
+  /** When it last answered or (re)connected, Unix ms; 0 = never. */
+  readonly lastSeenMs: number;
+  /** Times the parent restarted this local worker (0 for remote ones). */
+  readonly restarts: number;
+}
+
+/**
+ * ok: every worker up. degraded: some worker down, every expert still has a live replica.
+ * unavailable: some experts have no live worker (rows routed to them fail with 503); down: no
+ * worker is up.
+ */
+export interface ExpertsStatus {
+  readonly state: 'ok' | 'degraded' | 'unavailable' | 'down';
+  readonly workers: readonly WorkerStatus[];
+  /** Per MoE layer with any, the experts no live worker holds, ascending. */
+  readonly unavailable: readonly { readonly layer: number; readonly experts: readonly number[] }[];
+}
+
+/** The status of sharded experts from the placement and each worker's connection. */
+export function expertsStatus(placement: Placement, clients: readonly WorkerClient[], restarts: readonly number[]): ExpertsStatus {
+  const workers = clients.map((c, i) => ({ name: `w${c.index}`, address: c.address, up: c.live, lastSeenMs: c.lastSeenMs, restarts: restarts[i] ?? 0 }));
+  const unavailable: { layer: number; experts: number[] }[] = [];
+  for (const [layer, homes] of placement.layers) {
+    const experts: number[] = [];
+    homes.forEach((holders, e) => {
+      if (!holders.some((w) => clients[w]?.live)) experts.push(e);
+    });
+    if (experts.length > 0) unavailable.push({ layer, experts });
+  }
+  const upCount = workers.filter((w) => w.up).length;
+  const state = upCount === 0 ? 'down' : unavailable.length > 0 ? 'unavailable' : upCount < workers.length ? 'degraded' : 'ok';
+  return { state, workers, unavailable };
+}
+
+/** Restart backoff of a local worker that died: first delay, cap, and the uptime that resets it, ms. */
+const RESPAWN_MIN_MS = 200;
+const RESPAWN_MAX_MS = 10_000;
+const RESPAWN_RESET_MS = 30_000;
 
 /** Starts the experts' topology for a model (see the header). */
 export async function startTopology(cfg: MoeModelConfig, opts: TopologyOptions): Promise<Topology> {
@@ -135,7 +190,18 @@ class InProcessExperts implements RoutedExperts {
 export async function inProcessTopology(cfg: MoeModelConfig, ws: WeightSource, runtime: RuntimeOptions): Promise<Topology> {
   const shard = await ExpertShard.load(cfg, ws, allExperts(cfg), runtime);
   const stats = new RoutingStats(cfg.numLayers, cfg.moe.nRoutedExperts, 1);
-  return { kind: 'in-process', experts: new InProcessExperts(shard, stats), stats, placement: null, workers: [], description: 'experts in-process', lastError: () => null, close: async () => undefined };
+  return {
+    kind: 'in-process',
+    experts: new InProcessExperts(shard, stats),
+    stats,
+    placement: null,
+    workers: [],
+    description: 'experts in-process',
+    lastError: () => null,
+    status: () => null,
+    onChange: () => undefined,
+    close: async () => undefined,
+  };
 }
 
 async function startInProcess(cfg: MoeModelConfig, opts: TopologyOptions): Promise<Topology> {
@@ -162,7 +228,21 @@ async function startRemote(cfg: MoeModelConfig, opts: TopologyOptions, identity:
     const experts = new ShardedExperts(cfg.hiddenSize, placement, clients, opts.dispatch, stats);
     const workers = clients.map((c, i) => ({ index: i, address: c.address, process: null, client: c, held: heldOf(infos[i]!) }));
     const description = `${clients.length} remote workers: ${workers.map((w) => `w${w.index} ${w.address}: ${formatExpertsSpec(w.held, moeLayers(cfg))}`).join(' | ')}`;
-    return { kind: 'remote', experts, stats, placement, workers, description, lastError: () => experts.lastError, close: async () => experts.close() };
+    const restarts = clients.map(() => 0);
+    const topo: Topology = {
+      kind: 'remote',
+      experts,
+      stats,
+      placement,
+      workers,
+      description,
+      lastError: () => experts.lastError,
+      status: () => expertsStatus(placement, clients, restarts),
+      onChange: () => undefined,
+      close: async () => experts.close(),
+    };
+    for (const c of clients) c.onStateChange = () => topo.onChange();
+    return topo;
   } catch (err) {
     for (const c of clients) c.close();
     throw err;
@@ -178,19 +258,32 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
   const homes = replicate(basePlacement(opts.placement, X, N), parseReplicate(opts.replicate ?? '', X, N), N);
   const placement = uniformPlacement(homes, layers, N);
   const sockDir = opts.transport === 'unix' ? fs.mkdtempSync(path.join(os.tmpdir(), 'moeserve-')) : null;
+  /** [N] the current child of each worker (replaced on restart). */
   const children: ChildProcess[] = [];
+  /** [N] `moeserve worker` arguments; a TCP worker's port 0 becomes its first port (restarts reuse the address). */
+  const argsOf: string[][] = [];
   const clients: WorkerClient[] = [];
+  let closing = false;
+  const timers = new Set<NodeJS.Timeout>();
   const cleanup = async () => {
+    closing = true;
+    for (const t of timers) clearTimeout(t);
     for (const c of clients) c.close();
     await Promise.all(children.map((c) => stopProcess(c)));
     if (sockDir) fs.rmSync(sockDir, { recursive: true, force: true });
+  };
+  const spawnOne = (i: number) => {
+    const w = spawnWorker({ args: argsOf[i]!, nodeArgs: opts.workerNodeArgs, name: `local worker ${i}`, startTimeoutMs: opts.startTimeoutMs, onStderrLine: (line) => opts.log(`[worker ${i}] ${line}`, 'warn') });
+    children[i] = w.child;
+    track(w.child);
+    return w;
   };
   try {
     const ready = await Promise.all(
       Array.from({ length: N }, (_, i) => {
         const held = new Map(layers.map((l) => [l, expertsOf(homes, i)]));
         const listen = sockDir ? ['--socket', path.join(sockDir, `w${i}.sock`)] : ['--port', '0'];
-        const args = [
+        argsOf[i] = [
           '--model',
           path.resolve(opts.modelDir),
           '--experts',
@@ -211,10 +304,10 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
           '--exit-with-stdin',
           ...tlsArgs(opts.tls),
         ];
-        const w = spawnWorker({ args, nodeArgs: opts.workerNodeArgs, name: `local worker ${i}`, startTimeoutMs: opts.startTimeoutMs, onStderrLine: (line) => opts.log(`[worker ${i}] ${line}`, 'warn') });
-        children.push(w.child);
-        track(w.child);
-        return w.ready.then((r) => ({ address: r.address, held }));
+        return spawnOne(i).ready.then((r) => {
+          if (!sockDir) argsOf[i] = argsOf[i]!.map((a, j, all) => (j > 0 && all[j - 1] === '--port' ? String(r.port) : a));
+          return { address: r.address, held };
+        });
       }),
     );
     ready.forEach((r, i) => clients.push(new WorkerClient(i, r.address, identity, opts.dispatch, tls, opts.log)));
@@ -222,7 +315,45 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
     const stats = new RoutingStats(cfg.numLayers, X, N);
     const experts = new ShardedExperts(cfg.hiddenSize, placement, clients, opts.dispatch, stats);
     const workers = clients.map((c, i) => ({ index: i, address: c.address, process: children[i]!, client: c, held: ready[i]!.held }));
-    return {
+    const restarts = new Array<number>(N).fill(0);
+    const attempts = new Array<number>(N).fill(0);
+
+    // Supervision: a worker that exits is started again on the same address after a backoff
+    // (reset once a worker has stayed up RESPAWN_RESET_MS); its client's probe reconnects.
+    const supervise = (i: number, child: ChildProcess) => {
+      const startedAt = Date.now();
+      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (closing || children[i] !== child) return;
+        if (Date.now() - startedAt >= RESPAWN_RESET_MS) attempts[i] = 0;
+        const delay = backoffMs(attempts[i]++, RESPAWN_MIN_MS, RESPAWN_MAX_MS);
+        opts.log(`local worker ${i} exited (${signal ?? `code ${code}`}); restarting it in ${delay} ms`, 'warn');
+        const t = setTimeout(() => {
+          timers.delete(t);
+          if (!closing) restart(i);
+        }, delay);
+        timers.add(t);
+      };
+      if (child.exitCode !== null || child.signalCode !== null) onExit(child.exitCode, child.signalCode);
+      else child.once('exit', onExit);
+    };
+    const restart = (i: number) => {
+      const w = spawnOne(i);
+      workers[i]!.process = w.child;
+      supervise(i, w.child); // an exit during its start schedules the next try
+      w.ready.then(
+        (r) => {
+          restarts[i]!++;
+          opts.log(`local worker ${i} restarted (pid ${r.pid}) at ${r.address}; it rejoins once its connection is back`, 'info');
+        },
+        (err: Error) => {
+          opts.log(`local worker ${i} did not restart: ${err.message}`, 'warn');
+          if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGKILL'); // start timeout: its exit retries
+        },
+      );
+    };
+    children.forEach((c, i) => supervise(i, c));
+
+    const topo: Topology = {
       kind: 'local',
       experts,
       stats,
@@ -230,8 +361,12 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
       workers,
       description: `${N} local workers (${opts.transport}): ${describeHomes(homes, N)}`,
       lastError: () => experts.lastError,
+      status: () => expertsStatus(placement, clients, restarts),
+      onChange: () => undefined,
       close: cleanup,
     };
+    for (const c of clients) c.onStateChange = () => topo.onChange();
+    return topo;
   } catch (err) {
     await cleanup();
     throw err;
