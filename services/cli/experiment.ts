@@ -41,6 +41,18 @@ function bad(msg: string): never {
 }
 
 export async function experimentCommand(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
+  try {
+    await experiment(argv, env);
+  } catch (err) {
+    // ioredis gives up on a command after its retries: say which server, not the retry count.
+    if (!(err instanceof ServerError) && err instanceof Error && /max retries per request|ECONNREFUSED|ENOTFOUND|getaddrinfo/.test(err.message)) {
+      throw new ServerError('invalid_request', `cannot reach Redis at ${argv.includes('--redis') ? argv[argv.indexOf('--redis') + 1] : env.MOESERVE_REDIS} (--redis): ${err.message}`, { param: 'redis', cause: err });
+    }
+    throw err;
+  }
+}
+
+async function experiment(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
