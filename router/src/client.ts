@@ -250,7 +250,7 @@ export class WorkerClient {
       this.log(`worker ${this.index} (${this.address}) is back (pid ${info.pid})`, 'info');
     } catch (err) {
       if (this.state !== 'down') return;
-      this.lastError = err instanceof ServerError ? err : fromServiceError(err as Error, `worker ${this.address}`);
+      this.lastError = fromServiceError(err as Error, `worker ${this.address}`); // a ServerError passes through unchanged
       this.scheduleProbe();
     }
   }
