@@ -1,6 +1,6 @@
 /**
  * Linear projections of Hugging Face weights inside unit graphs, in the weight format chosen at
- * load: fp32 (the default, exact to the reference) or weight-only int8.
+ * load: fp32 (the default, exact to the reference), weight-only int8 (CPU) or fp16 (CUDA).
  *
  *   x float32 [M, K] -> y float32 [M, N],  y = x · W^T (+ b),  W the HF Linear weight [N, K]
  *
@@ -12,10 +12,11 @@
 import { type GraphBuilder } from '../onnx/graph.js';
 import { DT } from '../onnx/proto.js';
 import { quantizeInt8 } from '../quant/int8.js';
+import { f32ToF16 } from '../../../common/src/half.js';
 
 /** Weight format of the linear projections. @defaultValue 'none' (fp32, as in the checkpoint) */
-export type Quantization = 'none' | 'int8';
-export const QUANTIZATIONS: readonly Quantization[] = Object.freeze(['none', 'int8']);
+export type Quantization = 'none' | 'int8' | 'fp16';
+export const QUANTIZATIONS: readonly Quantization[] = Object.freeze(['none', 'int8', 'fp16']);
 
 /** How unit graphs are built. */
 export interface GraphOptions {
@@ -28,6 +29,13 @@ export const DEFAULT_GRAPH_OPTIONS: GraphOptions = Object.freeze({ quantization:
 /** y = x · W^T (+ bias): W float32 [N, K] row-major, named `name` in the graph. */
 export function projection(g: GraphBuilder, x: string, name: string, w: Float32Array, N: number, K: number, opts: GraphOptions, bias?: string): string {
   if (opts.quantization === 'none') return g.linear(x, g.initializer(name, DT.FLOAT, [N, K], w), bias);
+  if (opts.quantization === 'fp16') {
+    // x16: [M, K] fp16, W16: [N, K] fp16 (HF layout, nothing transposed), y: [M, N] fp32
+    const x16 = g.node('Cast', [x], { to: DT.FLOAT16 })[0]!;
+    const y16 = g.linear(x16, g.initializer(`${name}.f16`, DT.FLOAT16, [N, K], f32ToF16(w)));
+    const y = g.node('Cast', [y16], { to: DT.FLOAT })[0]!;
+    return bias ? g.add(y, bias) : y;
+  }
   const q = quantizeInt8(w, N, K);
   const y = g.node(
     'MatMulNBits',

@@ -5,7 +5,18 @@
  * workers run ONNX Runtime too and nothing in workers/ may import the gateway.
  *
  * - Execution provider from a frozen map: CUDA when asked and present, else CPU (the choice is
- *   logged once per process).
+ *   logged once per process; a CUDA request that cannot be met is one warning naming the reason).
+ * - Two bindings, one per process (only one libonnxruntime.so.1 can live in a process: the dynamic
+ *   linker matches it by SONAME). The CPU one is package.json's onnxruntime-node. The GPU one is
+ *   the pinned pair `npm run setup:cuda` installs (scripts/cuda/setup.mjs): onnxruntime-node
+ *   CUDA_ORT_VERSION's binding with the CUDA provider of the same ORT version beside its
+ *   libonnxruntime.so.1, where ORT looks for provider libraries. It is used when the first session
+ *   of the process asks for CUDA and the pair's manifest checks out. Nothing native loads before
+ *   the first session (onnxruntime-common, pure JS, provides Tensor).
+ * - Device tensors: onnxruntime-node (1.29, 1.30) takes and returns CPU tensors only; the only
+ *   device location it binds is WebGPU's 'gpu-buffer' (js/node/src/tensor_helper.cc), not CUDA.
+ *   So on CUDA every run copies its inputs host -> device and its outputs device -> host; weights
+ *   stay on the device (initializers). README "GPU nodes" estimates the cost.
  * - Runs are synchronous. onnxruntime-node's public run() only wraps the binding's synchronous
  *   run in a setImmediate hop and a promise (onnxruntime#19611): it blocks its thread either way,
  *   and the hop cost 30-60 µs a run here, ~25 runs per decoded token. So sessions call the
@@ -19,16 +30,23 @@
  * - Outputs can be written into caller-owned tensors (`Fetches`), so steady-state steps allocate
  *   no output buffers.
  */
+import fs from 'node:fs';
 import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
-import * as ort from 'onnxruntime-node';
+import { getEnvironmentData, setEnvironmentData } from 'node:worker_threads';
+import type * as ort from 'onnxruntime-node';
 import { ServerError } from '../../../common/src/errors.js';
 import type { Quantization } from '../graphs/linear.js';
 
 export type Device = 'cpu' | 'cuda';
 
 export interface RuntimeOptions {
-  /** Requested device; CUDA falls back to CPU with a logged warning. @defaultValue 'cpu' */
+  /**
+   * Requested device; CUDA falls back to CPU with one logged warning (fp32 and int8; fp16 weights
+   * are refused on the CPU). @defaultValue 'cpu'
+   */
   readonly device: Device;
   /** CUDA device index. @defaultValue 0 */
   readonly deviceId: number;
@@ -48,32 +66,114 @@ export const DEFAULT_THREADS = availableParallelism();
 
 export const DEFAULT_RUNTIME: RuntimeOptions = Object.freeze({ device: 'cpu', deviceId: 0, intraOpThreads: DEFAULT_THREADS, quantization: 'none' });
 
+// ---------------------------------------------------------------- which binding
+
+const localRequire = createRequire(import.meta.url);
+/** onnxruntime-common (Tensor, env) as onnxruntime-node resolves it: pure JS, loads nothing native. */
+const common = createRequire(localRequire.resolve('onnxruntime-node'))('onnxruntime-common') as Pick<typeof ort, 'Tensor' | 'env'>;
+
+/** The ONNX Runtime version of the GPU pair: onnxruntime-node's binding and the CUDA provider. */
+export const CUDA_ORT_VERSION = '1.29.0';
+/** Where `npm run setup:cuda` installs the pair: <repo>/.cache/ort-cuda. */
+export const DEFAULT_CUDA_RUNTIME_DIR = fileURLToPath(new URL('../../../../.cache/ort-cuda', import.meta.url));
+/** The manifest setup:cuda writes after checking the pair's versions. */
+export const CUDA_MANIFEST = 'ort-cuda.json';
+const CUDA_DIR_KEY = 'moeserve:ort-cuda-dir';
+
+/**
+ * Process-wide: where the GPU pair is (main.ts calls it for MOESERVE_ORT_CUDA_DIR). Worker threads
+ * started afterwards inherit it (worker_threads environment data); child processes get it from
+ * their own main.ts. @defaultValue DEFAULT_CUDA_RUNTIME_DIR
+ */
+export function useCudaRuntimeDir(dir: string): void {
+  setEnvironmentData(CUDA_DIR_KEY, path.resolve(dir));
+}
+
+export function cudaRuntimeDir(): string {
+  const v = getEnvironmentData(CUDA_DIR_KEY);
+  return typeof v === 'string' ? v : DEFAULT_CUDA_RUNTIME_DIR;
+}
+
+interface CudaManifest {
+  readonly ortVersion: string;
+  /** Files beside the binding, by name: their byte sizes when checked. */
+  readonly files: Readonly<Record<string, { readonly bytes: number }>>;
+}
+
+/** Why the GPU pair in `dir` cannot be used, or null when its manifest and files check out (stat only). */
+export function cudaRuntimeProblem(dir: string = cudaRuntimeDir()): string | null {
+  const manifestPath = path.join(dir, CUDA_MANIFEST);
+  if (!fs.existsSync(manifestPath)) return `the CUDA provider is not installed (no ${manifestPath}; run npm run setup:cuda)`;
+  let m: CudaManifest;
+  try {
+    m = JSON.parse(fs.readFileSync(manifestPath, 'utf8')) as CudaManifest;
+  } catch (err) {
+    return `${manifestPath} is unreadable (${(err as Error).message}); run npm run setup:cuda`;
+  }
+  if (m.ortVersion !== CUDA_ORT_VERSION) return `${manifestPath} pairs ONNX Runtime ${m.ortVersion}, this moeserve needs ${CUDA_ORT_VERSION}; run npm run setup:cuda`;
+  const pkg = path.join(dir, 'node_modules/onnxruntime-node');
+  const version = (JSON.parse(fs.readFileSync(path.join(pkg, 'package.json'), 'utf8')) as { version: string }).version;
+  if (version !== CUDA_ORT_VERSION) return `${pkg} is onnxruntime-node ${version}, the CUDA provider is ${CUDA_ORT_VERSION}; run npm run setup:cuda`;
+  const bin = path.join(pkg, 'bin/napi-v6', process.platform, process.arch);
+  for (const [name, { bytes }] of Object.entries(m.files)) {
+    const st = fs.statSync(path.join(bin, name), { throwIfNoEntry: false });
+    if (!st || st.size !== bytes) return `${path.join(bin, name)} is missing or changed since setup:cuda checked it; run npm run setup:cuda`;
+  }
+  return null;
+}
+
+interface LoadedBinding {
+  readonly native: Binding;
+  readonly version: string;
+  /** Why CUDA cannot run in this process, or null while it may. */
+  cudaProblem: string | null;
+}
+
+let loaded: LoadedBinding | null = null;
+
+/** Loads the binding on the first session: the GPU pair if that session asks for CUDA and it checks out. */
+function binding(wantCuda: boolean): LoadedBinding {
+  if (loaded) return loaded;
+  const problem = wantCuda ? cudaRuntimeProblem() : 'this process loaded the CPU onnxruntime-node first (a CPU session came first)';
+  if (problem === null) {
+    const pkg = path.join(cudaRuntimeDir(), 'node_modules/onnxruntime-node/package.json');
+    loaded = { native: createRequire(pkg)('./dist/binding.js') as Binding, version: CUDA_ORT_VERSION, cudaProblem: null };
+  } else {
+    // onnxruntime-node declares no `exports` map, so its dist files are reachable; the version is
+    // pinned in package.json because this reaches past the public API.
+    loaded = { native: localRequire('onnxruntime-node/dist/binding.js') as Binding, version: common.env.versions.common, cudaProblem: problem };
+  }
+  return loaded;
+}
+
 const PROVIDERS: Readonly<Record<Device, (o: RuntimeOptions) => ort.InferenceSession.ExecutionProviderConfig[]>> = Object.freeze({
   cpu: () => ['cpu'],
   cuda: (o) => [{ name: 'cuda', deviceId: o.deviceId } as ort.InferenceSession.ExecutionProviderConfig, 'cpu'],
 });
 
-let loggedChoice = false;
+/** What was logged about the provider in this process: the choice once, a fallback warning once. */
+let logged: 'nothing' | 'choice' | 'warning' = 'nothing';
 
-/** The device a request resolves to on this machine. */
+/** The device a request resolves to in this process (loads the binding if no session did). */
 export function resolveDevice(requested: Device): Device {
-  if (requested === 'cuda') {
-    const cuda = ort.listSupportedBackends().find((b) => b.name === 'cuda');
-    // 'bundled: false' means the CUDA provider library must have been installed by the package's
-    // install script (see README: GPU nodes); try it and fall back if session creation fails.
-    if (!cuda) return 'cpu';
-  }
-  return requested;
+  return requested === 'cuda' && binding(true).cudaProblem === null ? 'cuda' : 'cpu';
+}
+
+function fp16Refused(why: string | null): ServerError {
+  return new ServerError(
+    'invalid_request',
+    `--quantization fp16 needs the CUDA provider: ONNX Runtime's CPU provider has no fp16 MatMul on x86${why ? `, and CUDA is unavailable here: ${why}` : ''}; use --quantization none or int8 on the CPU`,
+  );
 }
 
 export type Feed = ort.Tensor;
 
 export function f32(data: Float32Array, dims: readonly number[]): ort.Tensor {
-  return new ort.Tensor('float32', data, dims);
+  return new common.Tensor('float32', data, dims);
 }
 
 export function i64(data: BigInt64Array, dims: readonly number[]): ort.Tensor {
-  return new ort.Tensor('int64', data, dims);
+  return new common.Tensor('int64', data, dims);
 }
 
 export interface OutputTensor {
@@ -103,9 +203,6 @@ interface Binding {
   initOrt(): void;
 }
 
-// onnxruntime-node declares no `exports` map, so its dist files are reachable; the version is
-// pinned in package.json because this reaches past the public API.
-const native = createRequire(import.meta.url)('onnxruntime-node/dist/binding.js') as Binding;
 const NO_RUN_OPTIONS = Object.freeze({});
 
 /** One ONNX Runtime session for one model unit (embedding, attention of a layer, experts, ...). */
@@ -122,7 +219,10 @@ export class OrtSession {
   }
 
   static async create(name: string, model: Uint8Array, opts: RuntimeOptions = DEFAULT_RUNTIME): Promise<OrtSession> {
-    let device = resolveDevice(opts.device);
+    const b = binding(opts.device === 'cuda');
+    let device: Device = opts.device === 'cuda' && b.cudaProblem === null ? 'cuda' : 'cpu';
+    const fallback = () => (opts.device === 'cuda' ? b.cudaProblem : null);
+    if (device === 'cpu' && opts.quantization === 'fp16') throw fp16Refused(fallback());
     const common: ort.InferenceSession.SessionOptions = {
       intraOpNumThreads: opts.intraOpThreads,
       interOpNumThreads: 1,
@@ -131,9 +231,9 @@ export class OrtSession {
       logSeverityLevel: 3,
       extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
     };
-    native.initOrt();
+    b.native.initOrt();
     const load = (providers: ort.InferenceSession.ExecutionProviderConfig[]): BindingSession => {
-      const s = new native.binding.InferenceSession();
+      const s = new b.native.binding.InferenceSession();
       s.loadModel(model.buffer, model.byteOffset, model.byteLength, { ...common, executionProviders: providers });
       return s;
     };
@@ -142,13 +242,21 @@ export class OrtSession {
       session = load(PROVIDERS[device](opts));
     } catch (err) {
       if (device !== 'cuda') throw new ServerError('internal', `ONNX Runtime rejected graph ${name}: ${(err as Error).message}`, { cause: err });
+      // The provider library, the CUDA libraries or the GPU itself is missing: every later session
+      // of this process goes straight to the CPU instead of failing the same way again.
+      b.cudaProblem = `the CUDA provider failed to start: ${(err as Error).message.split('\n')[0]}`;
       device = 'cpu';
+      if (opts.quantization === 'fp16') throw fp16Refused(b.cudaProblem);
       session = load(PROVIDERS.cpu(opts));
     }
-    if (!loggedChoice) {
-      loggedChoice = true;
-      const msg = `onnxruntime ${ort.env.versions.common}: execution provider ${device}${opts.device !== device ? ` (requested ${opts.device}: not available, using cpu)` : ''}, ${opts.intraOpThreads} threads per session`;
-      opts.log?.(msg, opts.device !== device ? 'warn' : 'info');
+    const why = fallback();
+    if (logged === 'nothing' || (why !== null && logged !== 'warning')) {
+      logged = why !== null ? 'warning' : 'choice';
+      const msg =
+        why !== null
+          ? `onnxruntime ${b.version}: --device cuda requested but ${why}; running on cpu, ${opts.intraOpThreads} threads per session`
+          : `onnxruntime ${b.version}: execution provider ${device}${device === 'cuda' ? ` (device ${opts.deviceId})` : ''}, ${opts.intraOpThreads} threads per session`;
+      opts.log?.(msg, why !== null ? 'warn' : 'info');
     }
     return new OrtSession(name, session, device);
   }
