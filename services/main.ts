@@ -30,6 +30,9 @@ function isUsageError(err: unknown): err is Error {
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<void> {
   const [command, ...rest] = argv;
   try {
+    // Where the GPU onnxruntime pair is (default <repo>/.cache/ort-cuda, see npm run setup:cuda);
+    // inherited by the engine thread and by worker processes (their own main reads the same env).
+    if (env.MOESERVE_ORT_CUDA_DIR) (await import('./model/src/runtime/onnx.js')).useCudaRuntimeDir(env.MOESERVE_ORT_CUDA_DIR);
     switch (command) {
       case 'generate':
         await (await import('./cli/generate.js')).generateCommand(rest, env);

@@ -21,6 +21,8 @@ export function runtimeFromFlags(values: { device?: string; mla?: string; thread
   if (!Number.isInteger(threads) || threads < 1) throw new ServerError('invalid_request', `--threads must be a positive integer, got ${values.threads}`);
   const quantization = (values.quantization ?? DEFAULT_RUNTIME.quantization) as Quantization;
   if (!QUANTIZATIONS.includes(quantization)) throw new ServerError('invalid_request', `--quantization must be one of ${QUANTIZATIONS.join(', ')}, got ${values.quantization}`);
+  // fp16 weights are a CUDA format (graphs/linear.ts): refused up front on an explicit CPU run.
+  if (quantization === 'fp16' && device[0] === 'cpu') throw new ServerError('invalid_request', `--quantization fp16 needs --device cuda (ONNX Runtime's CPU provider has no fp16 MatMul on x86); use none or int8 on the CPU`);
   return Object.freeze({ device: device[0] as Device, deviceId: device[1] ? Number(device[1]) : 0, intraOpThreads: threads, quantization, log });
 }
 
