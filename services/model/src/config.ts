@@ -474,12 +474,6 @@ function parseMoe(f: Fields, family: ModelFamily, hiddenSize: number): MoeConfig
   return Object.freeze({ ...m, shared: m.shared ? Object.freeze(m.shared) : null });
 }
 
-/** Bytes of one KV-cache token of one layer, per the layout formulas in DESIGN.md. */
-export function kvElementsPerTokenPerLayer(cfg: MoeModelConfig): number {
-  const a = cfg.attention;
-  return a.kind === 'mla' ? a.kvLoraRank + a.qkRopeHeadDim : 2 * a.numKvHeads * a.headDim;
-}
-
 // ---------------------------------------------------------------- derived facts (one owner each)
 
 /** MoE layer indices of the model, ascending. */
