@@ -53,6 +53,9 @@ interface Pending {
 
 type Stream = grpc.ClientDuplexStream<ForwardRequest, ForwardReply>;
 
+/** An idle live worker is asked for its Health this often, ms (its last-seen time stays current). */
+const IDLE_PING_MS = 5000;
+
 /** Bytes of protobuf framing and fixed fields a request may add on top of its three payloads. */
 export const REQUEST_OVERHEAD_BYTES = 256;
 
@@ -73,6 +76,8 @@ export class WorkerClient {
   private nextId = 1;
   private attempt = 0;
   private probeTimer: NodeJS.Timeout | null = null;
+  /** While live: a Health call when nothing was heard for IDLE_PING_MS (keeps lastSeenMs true for an idle worker). */
+  private pingTimer: NodeJS.Timeout | null = null;
   /** layer -> experts this worker must hold (checked on every (re)connect). */
   private expected: ReadonlyMap<number, readonly number[]> | null = null;
   /** Invoked when the worker goes down or comes back (dispatch resets its live mask). */
@@ -155,6 +160,8 @@ export class WorkerClient {
     this.state = 'closed';
     if (this.probeTimer) clearTimeout(this.probeTimer);
     this.probeTimer = null;
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.pingTimer = null;
     const s = this.stream;
     this.stream = null;
     this.rejectAll(new ServerError('cancelled', `worker ${this.address}: the gateway closed the connection`));
@@ -193,6 +200,13 @@ export class WorkerClient {
     this.lastError = null;
     this.attempt = 0;
     this.setState('live');
+    if (!this.pingTimer) {
+      this.pingTimer = setInterval(() => {
+        // Only refreshes lastSeenMs: a missed ping does not take the worker down (a stream error does).
+        if (this.state === 'live' && Date.now() - this.lastSeenMs >= IDLE_PING_MS) void this.health().catch(() => undefined);
+      }, IDLE_PING_MS);
+      this.pingTimer.unref();
+    }
   }
 
   private onDeadline(id: number, timeoutMs: number): void {

@@ -226,7 +226,11 @@ describe('503: experts unavailable (two real worker processes, one killed)', () 
     await expectApiError(() => t.client.completions.create(req), 503, { code: 'experts_unavailable', type: 'service_unavailable_error' });
     await expectApiError(() => t.client.completions.create({ ...req, stream: true }), 503, { code: 'experts_unavailable' });
     await expectApiError(() => t.client.chat.completions.create({ model: 'mixtral-tiny', messages: [{ role: 'user', content: 'x' }], max_tokens: 4 }), 503, { code: 'experts_unavailable' });
-    expect((await fetch(`${t.url}/health`)).status).toBe(200);
+    // Health says so (it answered 200 here before): the experts of the killed worker are named.
+    const health = await fetch(`${t.url}/health`);
+    expect(health.status).toBe(503);
+    expect(await health.json()).toMatchObject({ status: 'unavailable', error: { code: 'experts_unavailable' } });
+    expect(await metric(t.url, 'moeserve:worker_up', { worker: 'w1' })).toBe(0);
     expect(await metric(t.url, 'moeserve:kv_cache_usage_perc')).toBe(0);
     expect(await metric(t.url, 'moeserve:request_failure_total', { code: 'experts_unavailable' })).toBe(3);
   });

@@ -52,6 +52,12 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
   if (o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0)) {
     topology = await startTopology(readModelConfig(modelDir), { ...o.experts, modelDir, runtime, log });
     experts = topology.experts;
+    // Workers going down or coming back reach the host at once (its /health reads the last status).
+    const topo = topology;
+    topo.onChange = () => {
+      const status = topo.status();
+      if (status) post({ type: 'experts', status });
+    };
     log(topology.description, 'info');
   }
   try {
@@ -72,7 +78,7 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     });
     log(`kv-redis: shared KV tier at ${o.kvRedis.url} (fingerprint ${tier.fingerprint})`, 'info');
   }
-  post({ type: 'ready', cfg: model.cfg, maxModelLen: model.maxModelLen, maxNumSeqs: model.engine.opts.maxNumSeqs, kv: model.kv.stats(), topology: topology?.description ?? 'experts in-process' });
+  post({ type: 'ready', cfg: model.cfg, maxModelLen: model.maxModelLen, maxNumSeqs: model.engine.opts.maxNumSeqs, kv: model.kv.stats(), topology: topology?.description ?? 'experts in-process', experts: topology?.status() ?? null });
 }
 
 async function handle(msg: ToEngine): Promise<void> {
@@ -112,7 +118,7 @@ async function handle(msg: ToEngine): Promise<void> {
     }
     case 'stats': {
       if (!engine || !model) return;
-      post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), steps, stepSeconds, routing: routingSnapshot(model) } });
+      post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), steps, stepSeconds, routing: routingSnapshot(model), experts: topology?.status() ?? null } });
       return;
     }
     case 'shutdown':

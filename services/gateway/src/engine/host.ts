@@ -9,6 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { ServerError } from '../../../common/src/errors.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
+import type { ExpertsStatus } from '../../../../router/src/topology.js';
 import type { EngineStatsSnapshot, FromEngine, SerializedLoadOptions, ToEngine } from './thread-protocol.js';
 import type { EngineRequest, StepEvent } from './engine.js';
 
@@ -45,6 +46,8 @@ export class EngineHost {
   readonly kvAtStart: KvStats;
   /** Where the routed experts run, in one line. */
   readonly topology: string;
+  /** The expert workers' status as last reported by the engine thread (null in-process). */
+  experts: ExpertsStatus | null;
 
   private constructor(
     private readonly worker: Worker,
@@ -56,6 +59,7 @@ export class EngineHost {
     this.maxNumSeqs = ready.maxNumSeqs;
     this.kvAtStart = ready.kv;
     this.topology = ready.topology;
+    this.experts = ready.experts;
     worker.on('message', (m: FromEngine) => this.onMessage(m));
     worker.on('error', (err) => this.fail(`engine thread crashed: ${err.message}`));
     worker.on('exit', (code) => {
@@ -182,6 +186,9 @@ export class EngineHost {
       }
       case 'log':
         this.hooks.onLog?.(m.message, m.level);
+        return;
+      case 'experts':
+        this.experts = m.status;
         return;
       case 'fatal':
         this.fail(m.message);

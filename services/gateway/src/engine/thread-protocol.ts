@@ -19,7 +19,7 @@ import type { MoeModelConfig } from '../../../model/src/config.js';
 import type { MlaImpl } from '../../../model/src/graphs/attention.js';
 import type { Quantization } from '../../../model/src/graphs/linear.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
-import type { TopologyOptions } from '../../../../router/src/topology.js';
+import type { ExpertsStatus, TopologyOptions } from '../../../../router/src/topology.js';
 import type { EngineRequest, StepEvent } from './engine.js';
 import type { EngineSizing } from './sizing.js';
 
@@ -78,10 +78,13 @@ export interface EngineStatsSnapshot {
   readonly steps: number;
   readonly stepSeconds: number;
   readonly routing: RoutingLoadSnapshot;
+  /** Expert workers up or down, experts without a live worker; null in-process. */
+  readonly experts: ExpertsStatus | null;
 }
 
 export type FromEngine =
-  | { type: 'ready'; cfg: MoeModelConfig; maxModelLen: number; maxNumSeqs: number; kv: KvStats; topology: string }
+  | { type: 'ready'; cfg: MoeModelConfig; maxModelLen: number; maxNumSeqs: number; kv: KvStats; topology: string; experts: ExpertsStatus | null }
+  | { type: 'experts'; status: ExpertsStatus }
   | { type: 'events'; events: readonly StepEvent[]; running: number; waiting: number }
   | { type: 'rejected'; id: number; code: ErrorCode; message: string; param?: string }
   | { type: 'stats'; stats: EngineStatsSnapshot }

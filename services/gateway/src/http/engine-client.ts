@@ -3,6 +3,7 @@
  * engine on its own thread so that no request handler ever waits on ONNX Runtime.
  */
 import type { ServerError } from '../../../common/src/errors.js';
+import type { ExpertsStatus } from '../../../../router/src/topology.js';
 import type { EngineRequest, StepEvent } from '../engine/engine.js';
 import type { EngineStatsSnapshot } from '../engine/thread-protocol.js';
 
@@ -17,6 +18,8 @@ export interface EngineClient {
   /** Sequences submitted and not admitted yet. */
   readonly numQueued: number;
   readonly healthy: boolean;
+  /** Expert workers up or down and experts without a live worker, as last reported; null in-process. */
+  readonly experts: ExpertsStatus | null;
 }
 
 /** Model facts the HTTP layer validates against. */

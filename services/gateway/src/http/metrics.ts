@@ -11,9 +11,13 @@
  * The MoE view: for each MoE layer, cumulative (token, expert) rows per expert, token rows per
  * worker, and balancedness = mean / max rows per worker (1 = perfectly even; in-process there is
  * one worker, "local"), plus the same ratio over experts.
+ *
+ * Expert workers (sharded topologies only): per worker, up (1/0, as of the engine's last report),
+ * when it last answered (Unix seconds), and how often the gateway restarted it (local workers).
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ErrorCode } from '../../../common/src/errors.js';
+import type { ExpertsStatus } from '../../../../router/src/topology.js';
 import type { EngineStatsSnapshot } from '../engine/thread-protocol.js';
 import type { EngineClient } from './engine-client.js';
 import type { ChoiceFinish, RunObserver } from './generation.js';
@@ -49,6 +53,9 @@ export class ServerMetrics implements RunObserver {
   private readonly workerRows: Counter;
   private readonly balancedness: Gauge;
   private readonly expertBalancedness: Gauge;
+  private readonly workerUp: Gauge;
+  private readonly workerLastSeen: Gauge;
+  private readonly workerRestarts: Counter;
 
   constructor(
     modelName: string,
@@ -85,6 +92,9 @@ export class ServerMetrics implements RunObserver {
     this.workerRows = counter('worker_rows_total', 'Token rows sent to each expert worker per MoE layer ("local" in-process).', ['layer', 'worker']);
     this.balancedness = gauge('layer_balancedness', 'Per MoE layer: mean / max token rows per worker (1 = even).', ['layer']);
     this.expertBalancedness = gauge('layer_expert_balancedness', 'Per MoE layer: mean / max rows per expert (1 = even).', ['layer']);
+    this.workerUp = gauge('worker_up', 'Expert worker connected and serving (1) or down (0).', ['worker']);
+    this.workerLastSeen = gauge('worker_last_seen_seconds', 'When the expert worker last answered or reconnected, Unix seconds (0 = never).', ['worker']);
+    this.workerRestarts = counter('worker_restarts_total', 'Times the gateway restarted this local expert worker after it died.', ['worker']);
   }
 
   // RunObserver: the request path (cheap: no labels, no allocation).
@@ -118,10 +128,12 @@ export class ServerMetrics implements RunObserver {
         new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no engine stats within ${this.statsTimeoutMs} ms`)), this.statsTimeoutMs))),
       ]);
       this.refresh(stats);
+      this.refreshWorkers(stats.experts);
     } catch (err) {
       this.onStatsError((err as Error).message);
       this.running.set(this.engine.numRunning);
       this.waiting.set(this.engine.numQueued);
+      this.refreshWorkers(this.engine.experts);
     } finally {
       clearTimeout(timer);
     }
@@ -167,6 +179,16 @@ export class ServerMetrics implements RunObserver {
       this.balancedness.set({ layer: l }, balance(workers));
       this.expertBalancedness.set({ layer: l }, balance(experts));
     });
+  }
+
+  private refreshWorkers(ex: ExpertsStatus | null): void {
+    if (ex === null) return;
+    this.workerRestarts.reset(); // set to the topology's totals (they only grow)
+    for (const w of ex.workers) {
+      this.workerUp.set({ worker: w.name }, w.up ? 1 : 0);
+      this.workerLastSeen.set({ worker: w.name }, w.lastSeenMs / 1000);
+      this.workerRestarts.inc({ worker: w.name }, w.restarts);
+    }
   }
 }
 

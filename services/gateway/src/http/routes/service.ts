@@ -2,15 +2,57 @@
  * The service routes: GET /health, GET /metrics, GET /v1/models (and /v1/models/:model),
  * GET /version, POST /tokenize and POST /detokenize (vLLM's shapes).
  */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { ExpertsStatus } from '../../../../../router/src/topology.js';
 import { ServerError } from '../../../../common/src/errors.js';
 import { checkModel, checkPromptBytes, logUnknownFields, type AppContext } from '../context.js';
 import { asBody, checkIds, invalid, optBool, optString } from '../fields.js';
+import { errorBody, errorStatus } from '../errors.js';
 import { toJson } from '../json.js';
 import { parseChat } from '../requests.js';
 import { encodeChat } from './chat.js';
 
 export const VERSION = '0.1.0';
+
+/** [4, 5, 6, 7, 9] -> "4-7, 9". */
+export function formatRanges(ids: readonly number[]): string {
+  const out: string[] = [];
+  for (let i = 0; i < ids.length; ) {
+    let j = i;
+    while (j + 1 < ids.length && ids[j + 1] === ids[j]! + 1) j++;
+    out.push(j > i ? `${ids[i]}-${ids[j]}` : `${ids[i]}`);
+    i = j + 1;
+  }
+  return out.join(', ');
+}
+
+/**
+ * /health when an expert worker is down. degraded (every expert still has a live replica, so
+ * every request can be served): 200 with a JSON body saying which workers are down. unavailable
+ * (some experts have no live worker: requests routed to them fail) or down (no worker up): 503
+ * with OpenAI's error object (experts_unavailable) and the same details. A load balancer's probe
+ * takes an unavailable gateway out of rotation; a local worker is restarted meanwhile.
+ */
+function sendExpertsHealth(reply: FastifyReply, ex: ExpertsStatus): FastifyReply {
+  const downWorkers = ex.workers.filter((w) => !w.up).map((w) => w.name);
+  // Layers with the same missing experts are named together ("experts 4-7 of MoE layers 1, 2").
+  const groups = new Map<string, number[]>();
+  for (const u of ex.unavailable) {
+    const key = formatRanges(u.experts);
+    groups.set(key, [...(groups.get(key) ?? []), u.layer]);
+  }
+  const missing = [...groups].map(([experts, layers]) => `experts ${experts} of MoE layer${layers.length > 1 ? 's' : ''} ${layers.join(', ')}`).join('; ');
+  const details = {
+    status: ex.state,
+    unavailable_experts: ex.unavailable.map((u) => ({ layer: u.layer, experts: u.experts })),
+    workers: ex.workers.map((w) => ({ name: w.name, address: w.address, up: w.up, last_seen: w.lastSeenMs > 0 ? w.lastSeenMs / 1000 : null, restarts: w.restarts })),
+  };
+  const type = 'application/json; charset=utf-8';
+  if (ex.state === 'degraded') return reply.code(200).type(type).send(toJson({ ...details, message: `workers ${downWorkers.join(', ')} down; every expert still has a live replica` }));
+  const message = ex.state === 'down' ? `no expert worker is up (${downWorkers.join(', ')} down)` : `${missing} have no live worker (${downWorkers.join(', ')} down)`;
+  const e = new ServerError('experts_unavailable', message);
+  return reply.code(errorStatus(e)).type(type).send(toJson({ ...errorBody(e), ...details }));
+}
 
 const TOKENIZE_FIELDS: ReadonlySet<string> = new Set(['model', 'prompt', 'messages', 'add_special_tokens', 'add_generation_prompt', 'continue_final_message', 'chat_template_kwargs', 'tools', 'return_token_strs']);
 const DETOKENIZE_FIELDS: ReadonlySet<string> = new Set(['model', 'tokens']);
@@ -18,7 +60,9 @@ const DETOKENIZE_FIELDS: ReadonlySet<string> = new Set(['model', 'tokens']);
 export function registerServiceRoutes(app: FastifyInstance, ctx: AppContext): void {
   app.get('/health', async (_req, reply) => {
     if (!ctx.engine.healthy) throw new ServerError('internal', 'the engine is down');
-    return reply.code(200).send('');
+    const ex = ctx.engine.experts;
+    if (ex === null || ex.state === 'ok') return reply.code(200).send('');
+    return sendExpertsHealth(reply, ex);
   });
 
   app.get('/metrics', async (_req, reply) => {
