@@ -137,7 +137,12 @@ function binding(wantCuda: boolean): LoadedBinding {
   const problem = wantCuda ? cudaRuntimeProblem() : 'this process loaded the CPU onnxruntime-node first (a CPU session came first)';
   if (problem === null) {
     const pkg = path.join(cudaRuntimeDir(), 'node_modules/onnxruntime-node/package.json');
-    loaded = { native: createRequire(pkg)('./dist/binding.js') as Binding, version: CUDA_ORT_VERSION, cudaProblem: null };
+    const native = createRequire(pkg)('./dist/binding.js') as Binding;
+    // ORT's own logger at 'fatal' for the GPU pair: a provider that cannot start (no CUDA
+    // libraries, no GPU) is then our one warning with the reason (cudaLoadReason), not also an
+    // ORT error line on stderr. Failures still reach us as exceptions with ORT's message.
+    (createRequire(pkg)('onnxruntime-common') as Pick<typeof ort, 'env'>).env.logLevel = 'fatal'; // read by initOrt()
+    loaded = { native, version: CUDA_ORT_VERSION, cudaProblem: null };
   } else {
     // onnxruntime-node declares no `exports` map, so its dist files are reachable; the version is
     // pinned in package.json because this reaches past the public API.
@@ -200,7 +205,25 @@ interface BindingSession {
 
 interface Binding {
   readonly binding: { InferenceSession: new () => BindingSession };
+  /** Initializes ORT once per thread (binding.initOrtOnce must never run twice: Node asserts). */
   initOrt(): void;
+}
+
+/**
+ * Why the CUDA provider library cannot load: the dynamic loader's own words ("libcublasLt.so.13:
+ * cannot open shared object file"), which ORT reduces to "Failed to load shared library". Called
+ * only after a failure. A library that does load is not a Node addon, so Node then says it did
+ * not self-register: the provider itself loads, and ORT's message is the reason.
+ */
+function cudaLoadReason(ortMessage: string): string {
+  const lib = path.join(cudaRuntimeDir(), 'node_modules/onnxruntime-node/bin/napi-v6', process.platform, process.arch, 'libonnxruntime_providers_cuda.so');
+  try {
+    process.dlopen({ exports: {} } as NodeJS.Module, lib);
+  } catch (err) {
+    const m = (err as Error).message;
+    if (!/self-register/.test(m)) return `the CUDA provider cannot load (${m.replace(`${lib}: `, '')})`;
+  }
+  return `the CUDA provider failed to start: ${ortMessage.split('\n')[0]}`;
 }
 
 const NO_RUN_OPTIONS = Object.freeze({});
@@ -244,7 +267,7 @@ export class OrtSession {
       if (device !== 'cuda') throw new ServerError('internal', `ONNX Runtime rejected graph ${name}: ${(err as Error).message}`, { cause: err });
       // The provider library, the CUDA libraries or the GPU itself is missing: every later session
       // of this process goes straight to the CPU instead of failing the same way again.
-      b.cudaProblem = `the CUDA provider failed to start: ${(err as Error).message.split('\n')[0]}`;
+      b.cudaProblem = cudaLoadReason((err as Error).message);
       device = 'cpu';
       if (opts.quantization === 'fp16') throw fp16Refused(b.cudaProblem);
       session = load(PROVIDERS.cpu(opts));
