@@ -8,8 +8,10 @@
  *   encoded on the tokenizer thread: while two of them run, the server's event loop, /health and
  *   another client's stream are delayed less than 100 ms beyond what the same measures show with
  *   no big prompt (on a shared 2-core machine that baseline alone reaches ~100 ms).
+ * - a 16 MB JSON body (the issue's 8,388,608 x "é") is decoded and parsed on the tokenizer thread.
  * The server runs in this process, so `monitorEventLoopDelay` measures its event loop directly.
  */
+import { execFile } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -81,29 +83,59 @@ describe('a big prompt does not hold up other requests', () => {
       for (let i = 1; i < during.length; i++) gap = Math.max(gap, during[i]! - during[i - 1]!);
       return { ms: t1 - t0, loop: loop.max / 1e6, health: Math.max(...health), gap, chunks: during.length };
     };
-    // The machine's own noise (other processes, the engine and tokenizer threads taking cores).
-    const base = await measure(() => new Promise((r) => setTimeout(r, 1000)));
     const content = 'é'.repeat(70_000); // 140,000 bytes: under the byte bound, 140,000 tokens
-    const big = await measure(() =>
-      Promise.all(
-        Array.from({ length: 2 }, () =>
-          expectApiError(() => t.client.chat.completions.create({ model: t.model, messages: [{ role: 'user', content }], max_tokens: 1 }), 400, {
-            code: 'context_length_exceeded',
-            param: 'messages',
-            message: /maximum context length is 4096 tokens.*\(1400\d\d in the prompt/,
-          }),
+    const f = (m: Awaited<ReturnType<typeof measure>>) => `loop delay max ${m.loop.toFixed(1)} ms, /health max ${m.health.toFixed(1)} ms, stream max gap ${m.gap.toFixed(1)} ms (${m.chunks} chunks)`;
+    // On a shared machine a stray 100-200 ms stall (a GC pause, a preempted thread) can hit any
+    // one measurement, so up to 3 rounds are measured and the best counts. Encoding on the loop
+    // would stall every round: one 140 KB prompt holds it 200 ms (1-2 s on a loaded machine).
+    let ok = false;
+    for (let round = 1; round <= 3 && !ok; round++) {
+      // The machine's own noise (other processes, the engine and tokenizer threads taking cores).
+      const base = await measure(() => new Promise((r) => setTimeout(r, 500)));
+      const big = await measure(() =>
+        Promise.all(
+          Array.from({ length: 2 }, () =>
+            expectApiError(() => t.client.chat.completions.create({ model: t.model, messages: [{ role: 'user', content }], max_tokens: 1 }), 400, {
+              code: 'context_length_exceeded',
+              param: 'messages',
+              message: /maximum context length is 4096 tokens.*\(1400\d\d in the prompt/,
+            }),
+          ),
         ),
-      ),
-    );
+      );
+      console.log(`round ${round}: no big prompt: ${f(base)}\n         2 x 140 KB prompts (${big.ms.toFixed(0)} ms): ${f(big)}`);
+      expect(big.chunks).toBeGreaterThan(5);
+      ok = big.loop < base.loop + 100 && big.health < base.health + 100 && big.gap < base.gap + 100;
+    }
     stop = true;
     await reading;
-    const f = (m: typeof base) => `loop delay max ${m.loop.toFixed(1)} ms, /health max ${m.health.toFixed(1)} ms, stream max gap ${m.gap.toFixed(1)} ms (${m.chunks} chunks)`;
-    console.log(`no big prompt: ${f(base)}\n2 x 140 KB prompts (${big.ms.toFixed(0)} ms): ${f(big)}`);
-    expect(big.chunks).toBeGreaterThan(5);
-    // Encoding one of these prompts on the event loop stalls it 200-400 ms (more on a loaded machine).
-    expect(big.loop).toBeLessThan(base.loop + 100);
-    expect(big.health).toBeLessThan(base.health + 100);
-    expect(big.gap).toBeLessThan(base.gap + 100);
+    expect(ok, 'in every round a big prompt held up the loop, /health or the stream 100 ms beyond the noise').toBe(true);
+  });
+
+  it('a 16 MB body is decoded off the event loop: the loop never stalls 100 ms; the thread refuses __proto__ too', async () => {
+    // The issue's probe: 8,388,608 x "é", 16 MB of UTF-8 (decoding it takes 100-250 ms). Sent from
+    // a child process: building and sending 16 MB here would stall this (the server's) loop.
+    const script = `const b = JSON.stringify({ model: ${JSON.stringify(t.model)}, messages: [{ role: 'user', content: 'é'.repeat(8388608) }], max_tokens: 1 });
+      setTimeout(() => fetch(${JSON.stringify(`${t.url}/v1/chat/completions`)}, { method: 'POST', headers: { 'content-type': 'application/json' }, body: b }).then(async (r) => console.log(r.status, (await r.json()).error.code)), 300);`;
+    let best = Infinity;
+    // As above: the best of up to 3 rounds, against stray stalls of a shared machine.
+    for (let round = 1; round <= 3 && best >= 100; round++) {
+      const sent = new Promise<string>((resolve, reject) => execFile(process.execPath, ['-e', script], (err, stdout) => (err ? reject(err) : resolve(stdout.trim()))));
+      await new Promise((r) => setTimeout(r, 250)); // the child starts and builds its body
+      const loop = monitorEventLoopDelay({ resolution: 10 });
+      loop.enable();
+      const t0 = performance.now();
+      expect(await sent).toBe('400 context_length_exceeded');
+      loop.disable();
+      console.log(`round ${round}: 16 MB chat body refused ${(performance.now() - t0).toFixed(0)} ms after the loop watch started; event loop delay max ${(loop.max / 1e6).toFixed(1)} ms`);
+      best = Math.min(best, loop.max / 1e6);
+    }
+    expect(best).toBeLessThan(100);
+    // The thread's parser refuses prototype poisoning as fastify's does.
+    const poisoned = `{"model": "${t.model}", "prompt": "${'x'.repeat(1_100_000)}", "__proto__": {"admin": true}}`;
+    const r = await post(`${t.url}/v1/completions`, poisoned);
+    expect(r.status).toBe(400);
+    expect(r.body.error).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/__proto__/) });
   });
 
   it('prompts encoded in the thread give the same ids as inline', async () => {

@@ -9,9 +9,12 @@
  *
  *   HTTP route -> encode(text) / encodeChat(conversation) -> [inline | thread] -> ids
  *
- * The caller bounds the input first (PromptBound in http/ checks the byte length against
+ * The caller bounds the input first (http/context.ts checks the byte length against
  * max-model-len); this module does not judge sizes. A thread that dies fails its requests with
  * 'internal' and is started again on the next request.
+ *
+ * The same thread decodes big JSON request bodies (`parseJson`): UTF-8 decoding of a 16 MB
+ * non-ASCII body alone takes 100-250 ms; the parsed value comes back by structured clone (a copy).
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,12 +38,14 @@ export interface ChatPromptRequest {
 
 export type ToTokenizer =
   | { type: 'encode'; id: number; text: string; addSpecialTokens: boolean }
+  | { type: 'json'; id: number; bytes: Uint8Array }
   | ({ type: 'chat'; id: number } & ChatPromptRequest);
 
 export type FromTokenizer =
   | { type: 'ready' }
   | { type: 'failed'; code: ErrorCode; message: string }
   | { type: 'done'; id: number; ids: Int32Array; text: string | null }
+  | { type: 'json'; id: number; value: unknown }
   | { type: 'error'; id: number; code: ErrorCode; message: string; param: string | null };
 
 export interface PromptEncoderOptions {
@@ -52,7 +57,7 @@ export interface PromptEncoderOptions {
 }
 
 interface Pending {
-  resolve(r: { ids: number[]; text: string | null }): void;
+  resolve(r: { ids: number[]; text: string | null; value?: unknown }): void;
   reject(e: ServerError): void;
 }
 
@@ -101,6 +106,18 @@ export class PromptEncoder {
     return { text: r.text!, ids: r.ids };
   }
 
+  /**
+   * A JSON request body (UTF-8 bytes) -> its value, decoded and parsed in the thread, refusing
+   * `__proto__` keys and `constructor.prototype` as fastify does (onProtoPoisoning: 'error').
+   * @throws ServerError 'invalid_request' when it is not JSON.
+   */
+  async parseJson(bytes: Uint8Array): Promise<unknown> {
+    // The bytes move to the thread when they own their buffer (fastify's concatenated body does).
+    const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer;
+    const msg = { type: 'json' as const, id: 0, bytes: own ? bytes : bytes.slice() };
+    return (await this.call(msg, [msg.bytes.buffer as ArrayBuffer])).value;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const w = this.worker;
@@ -114,13 +131,13 @@ export class PromptEncoder {
     return text.length * 3 <= this.inlineMaxBytes || Buffer.byteLength(text, 'utf8') <= this.inlineMaxBytes;
   }
 
-  private async call(msg: ToTokenizer): Promise<{ ids: number[]; text: string | null }> {
+  private async call(msg: ToTokenizer, transfer: ArrayBuffer[] = []): Promise<{ ids: number[]; text: string | null; value?: unknown }> {
     if (this.closed) throw new ServerError('internal', 'the tokenizer thread is shut down');
     if (!this.worker) await this.spawn();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker!.postMessage({ ...msg, id });
+      this.worker!.postMessage({ ...msg, id }, transfer);
     });
   }
 
@@ -143,6 +160,12 @@ export class PromptEncoder {
             const p = this.pending.get(m.id);
             this.pending.delete(m.id);
             p?.resolve({ ids: Array.from(m.ids), text: m.text });
+            return;
+          }
+          case 'json': {
+            const p = this.pending.get(m.id);
+            this.pending.delete(m.id);
+            p?.resolve({ ids: [], text: null, value: m.value });
             return;
           }
           case 'error': {

@@ -30,7 +30,28 @@ try {
   port.postMessage({ type: 'failed', code: e.code, message: e.message } satisfies FromTokenizer);
 }
 
+/** JSON.parse refusing what fastify's onProtoPoisoning / onConstructorPoisoning 'error' refuse. */
+function parseJsonSafely(text: string): unknown {
+  if (!text.includes('__proto__') && !text.includes('constructor')) return JSON.parse(text);
+  return JSON.parse(text, (key, value: unknown) => {
+    if (key === '__proto__') throw new SyntaxError('Object contains forbidden prototype property');
+    if (key === 'constructor' && typeof value === 'object' && value !== null && Object.prototype.hasOwnProperty.call(value, 'prototype')) throw new SyntaxError('Object contains forbidden prototype property');
+    return value;
+  });
+}
+
+const UTF8 = new TextDecoder('utf-8');
+
 port.on('message', (m: ToTokenizer) => {
+  if (m.type === 'json') {
+    try {
+      port.postMessage({ type: 'json', id: m.id, value: parseJsonSafely(UTF8.decode(m.bytes)) } satisfies FromTokenizer);
+    } catch (err) {
+      // No parser detail: V8's JSON messages quote the input (prompt text).
+      port.postMessage({ type: 'error', id: m.id, code: 'invalid_request', message: `the request body is not valid JSON${(err as Error).message.includes('prototype') ? ' (it holds a __proto__ / constructor.prototype key)' : ''}`, param: null } satisfies FromTokenizer);
+    }
+    return;
+  }
   try {
     let text: string;
     if (m.type === 'chat') text = tok.applyChatTemplate(m.messages, { addGenerationPrompt: m.addGenerationPrompt, continueFinalMessage: m.continueFinalMessage, kwargs: m.kwargs });
