@@ -48,7 +48,7 @@ describe('MLA inner norm epsilon', () => {
       [W.routerGate(cfg, 0), rand(4 * H)],
     ]);
     const g = new GraphBuilder('mla');
-    buildMlaAttention(g, new MapWeights(weights), cfg, 0, 'absorbed');
+    buildMlaAttention(g, new MapWeights(weights), cfg, 0, 'absorbed', C + R);
     const session = await OrtSession.create('mla', g.toModel(), DEFAULT_RUNTIME);
     // small hidden values: mean(x^2) is far below 0.5, so the two epsilons give very different norms
     const hidden = rand(H, 0.05);

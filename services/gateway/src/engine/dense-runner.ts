@@ -14,7 +14,8 @@
  */
 import { ServerError } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
-import { buildGqaAttention, buildMlaAttention, cacheRowElements, mlaNaiveCheaper, type MlaImpl } from '../../../model/src/graphs/attention.js';
+import { kvLayoutFor } from '../../../kvcache/src/layout.js';
+import { buildGqaAttention, buildMlaAttention, mlaNaiveCheaper, type MlaImpl } from '../../../model/src/graphs/attention.js';
 import { buildDenseMlp, buildEmbedding, buildLmHead, buildSharedExpert } from '../../../model/src/graphs/mlp.js';
 import type { GraphOptions } from '../../../model/src/graphs/linear.js';
 import { RopeTable } from '../../../model/src/graphs/rope.js';
@@ -179,16 +180,16 @@ export class DenseRunner {
   private readonly headIn = new Grow();
   /** When set, forward() accumulates per-unit wall time here (benchmarks only). */
   profile: StepProfile | null = null;
-  private t0 = 0;
-  private tick(): void {
-    if (this.profile) this.t0 = performance.now();
-  }
-  private tock(unit: ProfileUnit): void {
-    if (this.profile) {
-      const now = performance.now();
-      this.profile.ms[unit] += now - this.t0;
-      this.t0 = now;
-    }
+  private lastMark = 0;
+  /**
+   * Attributes the wall time since the previous mark to `unit` (null: to nothing), when profiling.
+   * forward() marks the end of each phase, so the phases tile the step.
+   */
+  private mark(unit: ProfileUnit | null): void {
+    if (!this.profile) return;
+    const now = performance.now();
+    if (unit) this.profile.ms[unit] += now - this.lastMark;
+    this.lastMark = now;
   }
 
   private constructor(
@@ -200,12 +201,14 @@ export class DenseRunner {
   ) {
     this.rope = new RopeTable(cfg.rope, maxPositions);
     this.gate = new GateScratch(cfg.moe);
-    this.E = cacheRowElements(cfg);
+    this.E = kvLayoutFor(cfg).elementsPerToken;
   }
 
   static async load(cfg: MoeModelConfig, ws: WeightSource, opts: DenseRunnerOptions): Promise<DenseRunner> {
     const rt = opts.runtime;
     const gopts: GraphOptions = { quantization: rt.quantization ?? 'none' };
+    // The KV layout owns the row size; the attention graphs assert they write exactly that.
+    const rowElements = kvLayoutFor(cfg).elementsPerToken;
     const embed = await OrtSession.create('embedding', buildEmbedding(ws, cfg), rt);
     const head = await OrtSession.create('lm_head', buildLmHead(ws, cfg, gopts), rt);
     const units: LayerUnits[] = [];
@@ -213,8 +216,8 @@ export class DenseRunner {
       const l = layer.index;
       const attention = (impl: 'naive' | 'absorbed') => {
         const g = new GraphBuilder(`attention_${l}`);
-        if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l, gopts);
-        else buildMlaAttention(g, ws, cfg, l, impl, gopts);
+        if (cfg.attention.kind === 'gqa') buildGqaAttention(g, ws, cfg, l, rowElements, gopts);
+        else buildMlaAttention(g, ws, cfg, l, impl, rowElements, gopts);
         return OrtSession.create(`attention_${l}_${impl}`, g.toModel(), rt);
       };
       const auto = opts.mlaImpl === 'auto' && cfg.attention.kind === 'mla';
@@ -239,24 +242,18 @@ export class DenseRunner {
   async forward(seqs: readonly ForwardSeq[], kv: KvStore | null, experts: RoutedExperts, traceRouting = false): Promise<ForwardResult> {
     const cfg = this.cfg;
     const H = cfg.hiddenSize;
-    const V = cfg.vocabSize;
     const A = cfg.moe.nActivatedExperts;
     const X = cfg.moe.nRoutedExperts;
     const F = this.rope.freqs;
 
     // ---- rows and groups
+    // Validated at the engine's edge (Engine.add, HTTP): asserted here, not re-checked per token.
     const numSeqs = seqs.length;
-    const rowStart = new Int32Array(numSeqs);
-    let N = 0;
     for (let s = 0; s < numSeqs; s++) {
       const q = seqs[s]!;
-      if (q.tokens.length === 0) throw new ServerError('internal', 'forward: a sequence with no tokens');
-      if (q.kvSeqId < 0 && q.pastLen !== 0) throw new ServerError('internal', 'forward: pastLen without a KV sequence');
-      if (q.pastLen + q.tokens.length > this.rope.maxPositions) {
-        throw new ServerError('context_length_exceeded', `sequence of ${q.pastLen + q.tokens.length} tokens exceeds the ${this.rope.maxPositions} positions this model serves`);
+      if (q.tokens.length === 0 || (q.kvSeqId < 0 && q.pastLen !== 0) || q.pastLen + q.tokens.length > this.rope.maxPositions) {
+        throw new ServerError('internal', `forward: sequence ${s} has ${q.tokens.length} tokens after ${q.pastLen} (kv ${q.kvSeqId}), ${this.rope.maxPositions} positions served`);
       }
-      rowStart[s] = N;
-      N += q.tokens.length;
     }
     const decodes: number[] = [];
     const groupMembers: number[][] = [];
@@ -265,30 +262,26 @@ export class DenseRunner {
       else groupMembers.push([s]);
     }
     if (decodes.length > 0) groupMembers.unshift(decodes);
-    // Rows are laid out group by group; remap so each group's rows are contiguous.
+    // Rows are laid out group by group, so each group's rows are contiguous.
     const order = groupMembers.flat();
-    let r = 0;
+    const rowStart = new Int32Array(numSeqs);
+    let N = 0;
     for (const s of order) {
-      rowStart[s] = r;
-      r += seqs[s]!.tokens.length;
+      rowStart[s] = N;
+      N += seqs[s]!.tokens.length;
     }
     // Per-group facts and masks are the same for every layer: computed once per step.
     const groups = groupMembers.map((g) => planGroup(g, seqs, rowStart));
 
     // ---- embedding
+    this.mark(null);
     const ids = new BigInt64Array(N);
     for (const s of order) {
       const q = seqs[s]!;
-      for (let t = 0; t < q.tokens.length; t++) {
-        const id = q.tokens[t]!;
-        if (!Number.isInteger(id) || id < 0 || id >= V) throw new ServerError('invalid_token_id', `token id ${id} is outside the vocabulary [0, ${V})`);
-        ids[rowStart[s]! + t] = BigInt(id);
-      }
+      for (let t = 0; t < q.tokens.length; t++) ids[rowStart[s]! + t] = BigInt(q.tokens[t]!);
     }
     const hidden = this.hidden.take(N * H);
-    this.tick();
     hidden.set(this.embed.run({ ids: i64(ids, [N]) }, ['hidden']).hidden!.data);
-    this.tock('embed');
     const xNorm = this.xNorm.take(N * H);
     const cos = this.cos.take(N * F);
     const sin = this.sin.take(N * F);
@@ -301,6 +294,7 @@ export class DenseRunner {
     const routeIds = this.routeIds.subarray(0, N * A);
     const routeWeights = this.routeWeights.take(N * A);
     const routerLogits = this.routerLogits.take(N * X);
+    this.mark('embed');
 
     for (const layer of cfg.layers) {
       const l = layer.index;
@@ -313,43 +307,35 @@ export class DenseRunner {
       }
       // ---- MLP / MoE over all rows
       if (!isMoe) {
-        this.tick();
         const y = unit.dense!.run({ x: f32(xNorm, [N, H]) }, ['y']).y!.data;
-        this.tock('dense_mlp');
+        this.mark('dense_mlp');
         for (let i = 0; i < N * H; i++) hidden[i] += y[i]!;
-        this.tock('residual');
+        this.mark('residual');
         continue;
       }
-      this.tick();
       route(cfg.moe, routerLogits, N, unit.correctionBias, routeIds, routeWeights, this.gate);
-      this.tock('gating');
       if (trace) trace.layers.push({ layer: l, ids: routeIds.slice(), weights: routeWeights.slice() });
+      this.mark('gating');
       const routed = this.routedOut.take(N * H);
-      // Routed experts go out first; shared experts run while they are in flight.
-      // In-process experts compute inside forward() (ONNX Runtime runs synchronously).
-      this.tick();
+      // Routed experts go out first; shared experts run while they are in flight. In-process
+      // experts compute inside forward() (ONNX Runtime runs synchronously): nothing overlaps.
       const pending = experts.forward(l, xNorm, N, routeIds, routeWeights, A, routed);
-      if (experts.inProcess) {
-        await pending;
-        this.tock('experts');
-      }
       let shared: Float32Array | null = null;
       if (unit.shared) {
         // Guard the shared run so a routed failure is not left unobserved while it computes.
         pending.catch(() => undefined);
-        // ORT runs synchronously: let the event loop flush the requests to the workers first,
-        // or they would leave only after the shared experts are done.
+        // Let the event loop flush the requests to the workers first, or they would leave only
+        // after the (synchronous) shared experts are done.
         if (!experts.inProcess) await yieldToIo();
-        this.tick();
+        else this.mark('experts');
         shared = unit.shared.run({ x: f32(xNorm, [N, H]) }, ['y']).y!.data;
-        this.tock('shared');
+        this.mark('shared');
       }
-      this.tick();
       await pending;
-      this.tock('experts');
+      this.mark('experts');
       if (shared) for (let i = 0; i < N * H; i++) hidden[i] += shared[i]! + routed[i]!;
       else for (let i = 0; i < N * H; i++) hidden[i] += routed[i]!;
-      this.tock('residual');
+      this.mark('residual');
     }
 
     // ---- final norm + LM head on the positions that sample
@@ -371,9 +357,8 @@ export class DenseRunner {
         const first = rowStart[s]! + q.tokens.length - n;
         headIn.set(hidden.subarray(first * H, (first + n) * H), logitRow[s]! * H);
       }
-      this.tick();
       logits = this.head.run({ hidden: f32(headIn, [S, H]) }, ['logits']).logits!.data;
-      this.tock('lm_head');
+      this.mark('lm_head');
     }
     return { logits, logitRow, rowStart, routing: trace };
   }
@@ -398,15 +383,15 @@ export class DenseRunner {
     const { B, T, P, L, first, n } = g;
 
     // past [B, P, E] from the KV pool
-    this.tick();
+    this.mark(null);
     const past = this.past.take(B * P * E);
     if (P > 0) {
       if (!kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
       kv.gather(layer, g.kvSeqIds, B, g.pastLens, P, past);
     }
-    this.tock('kv_gather');
+    this.mark('kv_gather');
     const mask = maskFor(g, window);
-    this.tock('mask');
+    this.mark('mask');
     const feeds = {
       hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
       cos: f32(cos.subarray(first * F, (first + n) * F), [n, F]),
@@ -416,7 +401,7 @@ export class DenseRunner {
     };
     const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
     const res = session.run(feeds, outs);
-    this.tock('attention');
+    this.mark('attention');
     hidden.set(res.hidden_out!.data, first * H);
     xNorm.set(res.x_norm!.data, first * H);
     if (routerLogits) routerLogits.set(res.router_logits!.data, first * X);
@@ -426,6 +411,6 @@ export class DenseRunner {
         if (g.kvSeqIds[b]! >= 0) kv.writeRows(layer, g.kvSeqIds[b]!, g.pastLens[b]!, kvNew, b * T, T);
       }
     }
-    this.tock('kv_write');
+    this.mark('kv_write');
   }
 }

@@ -21,6 +21,7 @@
  *                               (c_kv after kv_a_layernorm, k_pe after RoPE)
  *   router_logits float32 [N, X] (MoE layers only)
  */
+import { ServerError } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../config.js';
 import * as W from '../names.js';
 import { type GraphBuilder } from '../onnx/graph.js';
@@ -60,10 +61,15 @@ export function mlaNaiveCheaper(cfg: MoeModelConfig, T: number): boolean {
  */
 export const MLA_INNER_NORM_EPS = 1e-6;
 
-/** Row elements of the KV cache per token per layer. */
-export function cacheRowElements(cfg: MoeModelConfig): number {
+/**
+ * The KV layout owns the row size (services/kvcache/src/layout.ts, `elementsPerToken`); the graph
+ * is told it and asserts that the rows it writes have exactly that shape: GQA [K: g·D | V: g·D],
+ * MLA [c_kv: C | k_pe: R].
+ */
+function assertRowElements(cfg: MoeModelConfig, rowElements: number): void {
   const a = cfg.attention;
-  return a.kind === 'mla' ? a.kvLoraRank + a.qkRopeHeadDim : 2 * a.numKvHeads * a.headDim;
+  const writes = a.kind === 'mla' ? a.kvLoraRank + a.qkRopeHeadDim : a.numKvHeads * (a.headDim + a.headDim);
+  if (rowElements !== writes) throw new ServerError('internal', `KV layout rows of ${rowElements} elements, attention writes ${writes}`);
 }
 
 function weight(g: GraphBuilder, ws: WeightSource, name: string, dims: number[]): string {
@@ -79,11 +85,11 @@ function optionalBias(g: GraphBuilder, ws: WeightSource, name: string, present: 
   return present ? weight(g, ws, name, [n]) : undefined;
 }
 
-/** Declares the shared inputs; returns their names. */
-function declareInputs(g: GraphBuilder, cfg: MoeModelConfig) {
+/** Declares the shared inputs; returns their names. E: the KV layout's row elements. */
+function declareInputs(g: GraphBuilder, cfg: MoeModelConfig, E: number) {
+  assertRowElements(cfg, E);
   const H = cfg.hiddenSize;
   const F = cfg.rope.dim / 2;
-  const E = cacheRowElements(cfg);
   return {
     hidden: g.input('hidden', DT.FLOAT, ['N', H]),
     cos: g.input('cos', DT.FLOAT, ['N', F]),
@@ -113,14 +119,14 @@ function btShape(g: GraphBuilder, mask: string, rest: number[]): string {
   return g.concat([g.shape(mask, 0, 2), g.constI64(rest)], 0);
 }
 
-export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
+export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, kvRowElements: number, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
   const a = cfg.attention;
   if (a.kind !== 'gqa') throw new Error('buildGqaAttention: not a GQA model');
   const H = cfg.hiddenSize;
   const { numHeads: h, numKvHeads: kvh, headDim: D } = a;
   const G = h / kvh;
   const R = cfg.rope.dim;
-  const inp = declareInputs(g, cfg);
+  const inp = declareInputs(g, cfg, kvRowElements);
 
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
   // One fused projection [h·D + 2·g·D, H]: one weight read instead of three.
@@ -159,13 +165,13 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   finish(g, ws, cfg, layer, inp.hidden, attnOut, h * D, a.oBias, opts);
 }
 
-export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: 'naive' | 'absorbed', opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
+export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: number, impl: 'naive' | 'absorbed', kvRowElements: number, opts: GraphOptions = DEFAULT_GRAPH_OPTIONS): void {
   const a = cfg.attention;
   if (a.kind !== 'mla') throw new Error('buildMlaAttention: not an MLA model');
   const H = cfg.hiddenSize;
   const { numHeads: h, kvLoraRank: C, qkNopeHeadDim: Dn, qkRopeHeadDim: R, vHeadDim: Dv } = a;
   const Dq = Dn + R;
-  const inp = declareInputs(g, cfg);
+  const inp = declareInputs(g, cfg, kvRowElements);
   const bias = a.attentionBias;
 
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
