@@ -111,6 +111,16 @@ export interface StatsReply {
   openStreams: number;
 }
 
+export interface LoadRequest {
+  layers: LayerExperts[];
+}
+
+export interface LoadReply {
+  layers: LayerExperts[];
+  loadMs: number;
+  checkpointBytesRead: number;
+}
+
 export type Empty = Record<string, never>;
 
 // ---------------------------------------------------------------- service definition and client
@@ -123,6 +133,7 @@ export interface ExpertWorkerClient extends grpc.Client {
   info: Unary<Empty, InfoReply>;
   health: Unary<Empty, HealthReply>;
   stats: Unary<Empty, StatsReply>;
+  load: Unary<LoadRequest, LoadReply>;
 }
 
 /** Server-side handlers, typed. */
@@ -131,6 +142,7 @@ export interface ExpertWorkerHandlers extends grpc.UntypedServiceImplementation 
   info: grpc.handleUnaryCall<Empty, InfoReply>;
   health: grpc.handleUnaryCall<Empty, HealthReply>;
   stats: grpc.handleUnaryCall<Empty, StatsReply>;
+  load: grpc.handleUnaryCall<LoadRequest, LoadReply>;
 }
 
 interface Loaded {

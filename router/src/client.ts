@@ -28,6 +28,7 @@ import {
   type ForwardRequest,
   type HealthReply,
   type InfoReply,
+  type LoadReply,
   type StatsReply,
   type TlsMaterial,
 } from '../../proto/index.js';
@@ -148,6 +149,22 @@ export class WorkerClient {
 
   stats(timeoutMs = this.opts.controlDeadlineMs): Promise<StatsReply> {
     return this.unary<StatsReply>('stats', timeoutMs, false);
+  }
+
+  /**
+   * Live rebalancing: the worker loads these experts per layer in the background and swaps them
+   * in (proto Load); resolves with what it holds then, which becomes what a reconnect expects.
+   */
+  load(held: ReadonlyMap<number, readonly number[]>, timeoutMs: number): Promise<LoadReply> {
+    const layers = [...held].map(([layer, experts]) => ({ layer, experts: [...experts] }));
+    return new Promise<LoadReply>((resolve, reject) => {
+      this.client.load({ layers }, new grpc.Metadata(), { deadline: grpcDeadline(performance.now() + timeoutMs) }, (err, res) => {
+        if (err || !res) return reject(fromServiceError(err!, `worker ${this.address} load`));
+        this.expected = new Map((res.layers ?? []).map((l) => [l.layer, l.experts]));
+        this.lastSeenMs = Date.now();
+        resolve(res);
+      });
+    });
   }
 
   /** Takes the worker out of rotation after a failure the dispatcher saw (e.g. a deadline on another request). */

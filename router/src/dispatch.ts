@@ -16,6 +16,9 @@
  *      failed in this call, until none is left to try;
  *   4. combines: out[r] = Σ over replies of their row r, in a fixed order (worker index, chunk),
  *      so a run is reproducible bit for bit.
+ * The placement can change while serving (`switchPlacement`, used by the rebalancer): the new one
+ * takes effect at a step boundary (the first MoE layer's call), never between the layers of one
+ * step, so a step routes every layer with one placement.
  * Workers with no rows in a call get no message (at most one message per worker per layer).
  *
  * Letters: n rows of the call, k slots per row, H hidden, W workers, X routed experts,
@@ -33,8 +36,10 @@ import type { DispatchOptions, Placement, RoutedExperts } from './types.js';
 export class DispatchPlan {
   /** [n * k] worker of each slot; -1 for unused slots (id -1) and slots of missing experts. */
   slotWorker = new Int32Array(0);
-  /** [W] rows going to each worker. */
+  /** [W] rows going to each worker (token rows: messages on the wire). */
   readonly rowCount: Int32Array;
+  /** [W] (row, slot) pairs each worker computes (its load). */
+  readonly slotCount: Int32Array;
   /** [W] local row indices per worker, ascending (first rowCount[w] entries valid). */
   readonly rows: Int32Array[];
   private readonly chosen: Int32Array;
@@ -44,6 +49,7 @@ export class DispatchPlan {
     maxK = 64,
   ) {
     this.rowCount = new Int32Array(numWorkers);
+    this.slotCount = new Int32Array(numWorkers);
     this.rows = Array.from({ length: numWorkers }, () => new Int32Array(0));
     this.chosen = new Int32Array(maxK);
   }
@@ -56,6 +62,7 @@ export class DispatchPlan {
   reset(n: number, k: number): void {
     if (this.slotWorker.length < n * k) this.slotWorker = new Int32Array(Math.max(n * k, this.slotWorker.length * 2));
     this.rowCount.fill(0);
+    this.slotCount.fill(0);
     for (let w = 0; w < this.numWorkers; w++) if (this.rows[w]!.length < n) this.rows[w] = new Int32Array(Math.max(n, this.rows[w]!.length * 2));
   }
 }
@@ -78,7 +85,7 @@ export function planDispatch(
   plan: DispatchPlan,
 ): number[] {
   plan.reset(n, k);
-  const { slotWorker, rowCount, rows } = plan;
+  const { slotWorker, rowCount, slotCount, rows } = plan;
   const chosen = plan.chosenScratch(k);
   let missing: number[] | null = null;
   for (let r = 0; r < n; r++) {
@@ -113,6 +120,7 @@ export function planDispatch(
         continue;
       }
       slotWorker[slot] = w;
+      slotCount[w]!++;
       let seen = false;
       for (let c = 0; c < nChosen; c++) if (chosen[c] === w) seen = true;
       if (!seen) chosen[nChosen++] = w;
@@ -185,17 +193,31 @@ export class ShardedExperts implements RoutedExperts {
   private readonly cursors = new Map<number, Uint32Array>();
   private step = 0;
   private busy = false;
+  /** The current placement (replaced at a step boundary by switchPlacement). */
+  private current: Placement;
+  private pending: { placement: Placement; done: () => void } | null = null;
+  /** First and last MoE layer: a step starts with the first's call and ends after the last's. */
+  private readonly firstLayer: number;
+  private readonly lastLayer: number;
+  /** A step is between its first and last MoE layer calls. */
+  private inStep = false;
+  /** Called at each step boundary, before the step's first MoE layer (the auto rebalance check). Must not allocate. */
+  onStepBoundary: (() => void) | null = null;
   /** The last failure of a forward call (the CLI prints it; the engine gets it on its events). */
   lastError: ServerError | null = null;
 
   constructor(
     readonly hiddenSize: number,
-    readonly placement: Placement,
+    placement: Placement,
     readonly clients: readonly WorkerClient[],
     readonly opts: DispatchOptions,
     readonly stats: RoutingStats,
   ) {
     this.W = clients.length;
+    this.current = placement;
+    const layers = [...placement.layers.keys()];
+    this.firstLayer = Math.min(...layers);
+    this.lastLayer = Math.max(...layers);
     if (placement.numWorkers !== this.W) throw new ServerError('internal', `placement for ${placement.numWorkers} workers, ${this.W} clients`);
     this.plan = new DispatchPlan(this.W);
     this.scratch = clients.map(() => new WorkerScratch());
@@ -204,10 +226,49 @@ export class ShardedExperts implements RoutedExperts {
     for (const l of placement.layers.keys()) this.cursors.set(l, new Uint32Array(placement.numExperts));
   }
 
+  /** Step boundary (after the last MoE layer, or a failed call): a pending placement takes effect. */
+  private endStep(): void {
+    this.inStep = false;
+    this.applyPending();
+  }
+
+  private applyPending(): void {
+    const p = this.pending;
+    if (!p) return;
+    this.current = p.placement;
+    this.pending = null;
+    p.done();
+  }
+
+  /** The placement rows are routed with now. */
+  get placement(): Placement {
+    return this.current;
+  }
+
+  /**
+   * Routes with `next` from the next step boundary on (at once when no step is in flight).
+   * Resolves once it is in effect. The workers must hold both placements' experts until then.
+   */
+  switchPlacement(next: Placement): Promise<void> {
+    if (next.numWorkers !== this.W || next.numExperts !== this.current.numExperts) throw new ServerError('internal', `placement for ${next.numWorkers} workers / ${next.numExperts} experts, have ${this.W} / ${this.current.numExperts}`);
+    this.pending?.done(); // superseded: the newer one wins
+    if (!this.inStep && !this.busy) {
+      this.current = next;
+      this.pending = null;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => (this.pending = { placement: next, done: resolve }));
+  }
+
   async forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void> {
     if (this.busy) throw new ServerError('internal', 'ShardedExperts.forward is not re-entrant: one MoE layer at a time');
     const H = this.hiddenSize;
-    const replicas = this.placement.layers.get(layer);
+    if (layer === this.firstLayer) {
+      this.applyPending(); // normally applied at the end of the previous step already
+      this.inStep = true;
+      this.onStepBoundary?.();
+    }
+    const replicas = this.current.layers.get(layer);
     if (!replicas) throw new ServerError('internal', `layer ${layer} is not an MoE layer of the placement`);
     this.busy = true;
     this.step++;
@@ -267,7 +328,9 @@ export class ShardedExperts implements RoutedExperts {
       }
       this.stats.criticalComputeMs += critical / 1000;
       this.stats.forwardMs += performance.now() - t0;
+      if (layer === this.lastLayer) this.endStep();
     } catch (err) {
+      this.endStep(); // the step fails as a whole
       this.stats.failedCalls++;
       this.lastError = err instanceof ServerError && err.code === 'experts_unavailable' ? err : new ServerError('experts_unavailable', `layer ${layer}: ${(err as Error).message}`, { cause: err });
       throw this.lastError;
@@ -294,7 +357,7 @@ export class ShardedExperts implements RoutedExperts {
     for (let w = 0; w < W; w++) this.live[w] = this.clients[w]!.live && !excluded[w] ? 1 : 0;
     const missing = planDispatch(replicas, this.live, job.ids, job.n, k, this.cursors.get(layer)!, plan);
     if (missing.length > 0) throw this.unavailable(layer, missing, replicas, failover ?? []);
-    this.stats.recordWorkers(layer, plan.rowCount, failover !== null);
+    this.stats.recordWorkers(layer, plan.rowCount, plan.slotCount, failover !== null);
     const dtype = this.opts.wireDtype;
     const perRow = H * DTYPE_BYTES[dtype]! + k * 8;
     const exchanges: Exchange[] = [];

@@ -34,6 +34,7 @@ import { grpcTarget, heldOf, WorkerClient, type ModelIdentity } from './client.j
 import { backoffMs } from './deadline.js';
 import { ShardedExperts } from './dispatch.js';
 import { basePlacement, describeHomes, expertsOf, parseReplicate, placementFromHeld, replicate, uniformPlacement } from './placement.js';
+import { DEFAULT_REBALANCE, Rebalancer, type RebalanceOptions } from './rebalance.js';
 import { RoutingStats } from './stats.js';
 import { DEFAULT_DISPATCH, type DispatchOptions, type LogFn, type Placement, type RoutedExperts } from './types.js';
 
@@ -63,6 +64,10 @@ export interface TopologyOptions {
   readonly workerNodeArgs?: readonly string[];
   /** pino level of local workers (their logs go to this process's stderr). @defaultValue 'warn' */
   readonly workerLogLevel?: string;
+  /** Live rebalancing (rebalance.ts) of sharded experts; absent = DEFAULT_REBALANCE (manual only). */
+  readonly rebalance?: RebalanceOptions;
+  /** Steps (calls per MoE layer) in the routing statistics' sliding window. @defaultValue 64 */
+  readonly loadWindowSteps?: number;
   readonly log: LogFn;
 }
 
@@ -93,7 +98,10 @@ export interface Topology {
   /** What the gateway's DenseRunner / Engine calls. */
   readonly experts: RoutedExperts;
   readonly stats: RoutingStats;
+  /** The placement at start; the current one is `experts.placement` once rebalanced. */
   readonly placement: Placement | null;
+  /** Live EPLB rebalancing of sharded experts; null in-process. */
+  readonly rebalancer: Rebalancer | null;
   readonly workers: readonly WorkerHandle[];
   /** One line for logs ("3 local workers: w0: 0-2 | w1: 3-5 | w2: 6,7"). */
   readonly description: string;
@@ -168,8 +176,9 @@ export async function startTopology(cfg: MoeModelConfig, opts: TopologyOptions):
  */
 class InProcessExperts implements RoutedExperts {
   readonly inProcess = true;
-  /** [1] rows of the current call (the one worker's count; reused, avoid GC per layer). */
+  /** [1] rows and (row, expert) pairs of the current call (the one worker's counts; reused, avoid GC per layer). */
   private readonly rows = new Int32Array(1);
+  private readonly slots = new Int32Array(1);
   constructor(
     private readonly shard: ExpertShard,
     readonly stats: RoutingStats,
@@ -177,7 +186,10 @@ class InProcessExperts implements RoutedExperts {
   async forward(layer: number, x: Float32Array, numRows: number, ids: Int32Array, weights: Float32Array, k: number, out: Float32Array): Promise<void> {
     this.stats.recordExperts(layer, ids, numRows, k);
     this.rows[0] = numRows;
-    this.stats.recordWorkers(layer, this.rows);
+    let slots = 0;
+    for (let i = 0; i < numRows * k; i++) if (ids[i]! >= 0) slots++;
+    this.slots[0] = slots;
+    this.stats.recordWorkers(layer, this.rows, this.slots);
     const t0 = performance.now();
     await this.shard.forward(layer, x, numRows, ids, weights, k, out);
     const ms = performance.now() - t0;
@@ -195,6 +207,7 @@ export async function inProcessTopology(cfg: MoeModelConfig, ws: WeightSource, r
     experts: new InProcessExperts(shard, stats),
     stats,
     placement: null,
+    rebalancer: null,
     workers: [],
     description: 'experts in-process',
     lastError: () => null,
@@ -224,8 +237,9 @@ async function startRemote(cfg: MoeModelConfig, opts: TopologyOptions, identity:
   try {
     const infos = await Promise.all(clients.map((c) => c.connect(null, opts.connectTimeoutMs)));
     const placement = placementFromHeld(infos.map(heldOf), moeLayers(cfg), cfg.moe.nRoutedExperts);
-    const stats = new RoutingStats(cfg.numLayers, cfg.moe.nRoutedExperts, clients.length);
+    const stats = new RoutingStats(cfg.numLayers, cfg.moe.nRoutedExperts, clients.length, opts.loadWindowSteps);
     const experts = new ShardedExperts(cfg.hiddenSize, placement, clients, opts.dispatch, stats);
+    const rebalancer = new Rebalancer(experts, clients, stats, opts.rebalance ?? DEFAULT_REBALANCE, opts.log);
     const workers = clients.map((c, i) => ({ index: i, address: c.address, process: null, client: c, held: heldOf(infos[i]!) }));
     const description = `${clients.length} remote workers: ${workers.map((w) => `w${w.index} ${w.address}: ${formatExpertsSpec(w.held, moeLayers(cfg))}`).join(' | ')}`;
     const restarts = clients.map(() => 0);
@@ -234,10 +248,11 @@ async function startRemote(cfg: MoeModelConfig, opts: TopologyOptions, identity:
       experts,
       stats,
       placement,
+      rebalancer,
       workers,
       description,
       lastError: () => experts.lastError,
-      status: () => expertsStatus(placement, clients, restarts),
+      status: () => expertsStatus(experts.placement, clients, restarts),
       onChange: () => undefined,
       close: async () => experts.close(),
     };
@@ -312,8 +327,13 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
     );
     ready.forEach((r, i) => clients.push(new WorkerClient(i, r.address, identity, opts.dispatch, tls, opts.log)));
     await Promise.all(clients.map((c, i) => c.connect(ready[i]!.held, opts.connectTimeoutMs)));
-    const stats = new RoutingStats(cfg.numLayers, X, N);
+    const stats = new RoutingStats(cfg.numLayers, X, N, opts.loadWindowSteps);
     const experts = new ShardedExperts(cfg.hiddenSize, placement, clients, opts.dispatch, stats);
+    const rebalancer = new Rebalancer(experts, clients, stats, opts.rebalance ?? DEFAULT_REBALANCE, opts.log);
+    // A worker restarted after a rebalance loads what the current placement gives it.
+    rebalancer.onPlaced = (held) => {
+      held.forEach((m, i) => (argsOf[i] = argsOf[i]!.map((a, j, all) => (j > 0 && all[j - 1] === '--experts' ? formatExpertsSpec(m, layers) : a))));
+    };
     const workers = clients.map((c, i) => ({ index: i, address: c.address, process: children[i]!, client: c, held: ready[i]!.held }));
     const restarts = new Array<number>(N).fill(0);
     const attempts = new Array<number>(N).fill(0);
@@ -358,10 +378,11 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
       experts,
       stats,
       placement,
+      rebalancer,
       workers,
       description: `${N} local workers (${opts.transport}): ${describeHomes(homes, N)}`,
       lastError: () => experts.lastError,
-      status: () => expertsStatus(placement, clients, restarts),
+      status: () => expertsStatus(experts.placement, clients, restarts),
       onChange: () => undefined,
       close: cleanup,
     };

@@ -21,6 +21,7 @@ describe('planDispatch', () => {
     const replicas = [[0], [0], [1], [1]]; // experts 0,1 on w0; 2,3 on w1
     const plan = new DispatchPlan(2);
     const missing = planDispatch(replicas, Uint8Array.of(1, 1), ids([[0, 1], [2, 0], [3, 2]]), 3, 2, new Uint32Array(4), plan);
+    expect(Array.from(plan.slotCount)).toEqual([3, 3]);
     expect(missing).toEqual([]);
     expect(Array.from(plan.slotWorker.subarray(0, 6))).toEqual([0, 0, 1, 0, 1, 1]);
     expect(rowsOf(plan)).toEqual([[0, 1], [1, 2]]);
@@ -91,17 +92,39 @@ describe('planDispatch', () => {
 });
 
 describe('routing stats', () => {
-  it('counts rows per expert (this step and in total) and per worker', () => {
+  it('counts rows per expert (this step and in total) and per worker: token rows (messages) and (token, expert) rows (load)', () => {
+    // experts 0,1 on w0; 2,3 on w1
     const s = new RoutingStats(3, 4, 2);
     s.recordExperts(1, ids([[0, 1], [1, 3], [1, -1]]), 3, 2);
-    s.recordWorkers(1, Int32Array.of(3, 1));
+    s.recordWorkers(1, Int32Array.of(3, 1), Int32Array.of(4, 1));
     s.recordExperts(1, ids([[2, 1]]), 1, 2);
-    s.recordWorkers(1, Int32Array.of(1, 1));
+    s.recordWorkers(1, Int32Array.of(1, 1), Int32Array.of(1, 1));
     const snap = s.snapshot();
     expect(snap.calls).toBe(2);
     expect(snap.rowsPerExpert[1]).toEqual([1, 4, 1, 1]);
-    expect(snap.lastStep).toEqual([{ layer: 1, rowsPerExpert: [0, 1, 1, 0], rowsPerWorker: [1, 1] }]);
+    expect(snap.lastStep).toEqual([{ layer: 1, rowsPerExpert: [0, 1, 1, 0], rowsPerWorker: [1, 1], loadPerWorker: [1, 1] }]);
     expect(snap.rowsPerWorker).toEqual([4, 2]);
+    expect(snap.loadPerWorker).toEqual([5, 2]);
+    expect(s.windowBalancedness()).toBeCloseTo(3.5 / 5, 12);
+  });
+
+  it('the sliding window keeps the last N calls per layer; resetWorkerWindow forgets only the per-worker part', () => {
+    const s = new RoutingStats(2, 2, 2, 2); // window of 2 calls
+    const call = (a: number[][], rows: number[], load: number[]) => {
+      s.recordExperts(0, ids(a), a.length, a[0]!.length);
+      s.recordWorkers(0, Int32Array.from(rows), Int32Array.from(load));
+    };
+    call([[0], [0]], [2, 0], [2, 0]);
+    call([[1]], [0, 1], [0, 1]);
+    expect(s.windowExpertLoad(0)).toEqual([2, 1]);
+    call([[1], [1], [1]], [0, 3], [0, 3]); // the first call leaves the window
+    expect(s.windowExpertLoad(0)).toEqual([0, 4]);
+    expect(Array.from(s.windowLoadPerWorker.subarray(0, 2))).toEqual([0, 4]);
+    expect(s.windowBalancedness()).toBe(0.5);
+    s.resetWorkerWindow();
+    expect(s.windowBalancedness()).toBe(1);
+    expect(s.windowExpertLoad(0)).toEqual([0, 4]);
+    expect(s.snapshot().rowsPerExpert[0]).toEqual([2, 4]);
   });
 });
 

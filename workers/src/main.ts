@@ -12,8 +12,10 @@ import type { TlsMaterial } from '../../proto/index.js';
 import { formatExpertsSpec, parseExpertsSpec } from '../../services/model/src/experts-spec.js';
 import { moeLayers } from '../../services/model/src/config.js';
 import { openModelDir } from '../../services/model/src/model-dir.js';
+import { Checkpoint } from '../../services/model/src/checkpoint/checkpoint.js';
 import { ExpertWorkerServer } from './server.js';
-import { ExpertShard } from './shard.js';
+import { ExpertShard, type ShardExperts } from './shard.js';
+import { LiveShard, type ShardLoader } from './live-shard.js';
 
 /** The line a worker process prints on stdout once it serves, followed by JSON ({address, port, pid, experts, bytesRead}). */
 export const READY_PREFIX = 'MOESERVE_WORKER_READY ';
@@ -68,7 +70,17 @@ export async function startWorker(opts: WorkerOptions, log: Logger): Promise<Run
     const p = opts.listen.slice('unix:'.length).replace(/^\/\/(?=\/)/, '');
     if (fs.existsSync(p) && fs.statSync(p).isSocket()) fs.unlinkSync(p);
   }
-  const server = await ExpertWorkerServer.start(cfg, shard, {
+  // Rebalancing (Load) reads the newly placed experts from the checkpoint, opened per load.
+  const loader: ShardLoader = async (wanted: ShardExperts) => {
+    const ckpt = Checkpoint.open(opts.modelDir);
+    try {
+      const s = await ExpertShard.load(cfg, ckpt, wanted, opts.runtime);
+      return { shard: s, bytesRead: ckpt.bytesRead };
+    } finally {
+      ckpt.close();
+    }
+  };
+  const server = await ExpertWorkerServer.start(cfg, new LiveShard(cfg, shard, loader), {
     listen: opts.listen,
     maxMessageBytes: opts.maxMessageBytes,
     tls: opts.tls,

@@ -11,6 +11,10 @@
  * Requests of all streams run one at a time, in arrival order: the shard's scratch buffers are
  * shared and ONNX Runtime's run() blocks the event loop anyway (onnxruntime#19611). A stream the
  * gateway cancels (its deadline passed) has its queued requests dropped unrun.
+ *
+ * Load (live rebalancing): the new experts' sessions are built off the request chain, so Forward
+ * keeps being served meanwhile; the swap is queued on the chain (it happens between two requests)
+ * and the old sessions are freed right after it, when no request can be using them.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -33,11 +37,13 @@ import {
   type ForwardRequest,
   type HealthReply,
   type InfoReply,
+  type LoadReply,
+  type LoadRequest,
   type StatsReply,
   type TlsMaterial,
 } from '../../proto/index.js';
 import { formatIdList } from '../../services/model/src/experts-spec.js';
-import type { ExpertShard } from './shard.js';
+import type { LiveShard } from './live-shard.js';
 
 export interface WorkerServerOptions {
   /** `host:port` (port 0 = a free port, reported by `address`) or `unix:/abs/path.sock`. */
@@ -120,7 +126,7 @@ export class ExpertWorkerServer {
   private constructor(
     private readonly server: grpc.Server,
     readonly cfg: MoeModelConfig,
-    readonly shard: ExpertShard,
+    readonly shard: LiveShard,
     readonly opts: WorkerServerOptions,
     /** The bound address: `127.0.0.1:PORT` or `unix:/path`. */
     public address: string,
@@ -131,7 +137,7 @@ export class ExpertWorkerServer {
     this.expertRows = new Float64Array(cfg.numLayers * this.X);
   }
 
-  static async start(cfg: MoeModelConfig, shard: ExpertShard, opts: WorkerServerOptions): Promise<ExpertWorkerServer> {
+  static async start(cfg: MoeModelConfig, shard: LiveShard, opts: WorkerServerOptions): Promise<ExpertWorkerServer> {
     const server = new grpc.Server(serverOptions(opts.maxMessageBytes));
     widenReceiveWindow(server, FLOW_CONTROL_WINDOW);
     const self = new ExpertWorkerServer(server, cfg, shard, opts, opts.listen, 0);
@@ -150,6 +156,12 @@ export class ExpertWorkerServer {
       info: unary(() => self.info()),
       health: unary(() => self.health()),
       stats: unary(() => self.stats()),
+      load: (call, cb) => {
+        self.load(call.request).then(
+          (r) => cb(null, r),
+          (err) => cb(toGrpcStatus(err) as grpc.ServiceError),
+        );
+      },
     };
     server.addService(expertProto().service, handlers);
     const port = await new Promise<number>((resolve, reject) => {
@@ -308,6 +320,41 @@ export class ExpertWorkerServer {
       pid: process.pid,
       checkpointBytesRead: this.opts.checkpointBytesRead,
     };
+  }
+
+  /** Live rebalancing: build the listed layers' experts in the background, swap them between two requests, free the old ones. */
+  private loading: Promise<unknown> = Promise.resolve();
+  load(req: LoadRequest): Promise<LoadReply> {
+    // One Load at a time (each swap must see the previous one's result).
+    const run = this.loading.then(async () => {
+      const t0 = performance.now();
+      const wanted = new Map<number, readonly number[]>();
+      for (const le of req.layers ?? []) {
+        for (const e of le.experts) if (!Number.isInteger(e) || e < 0 || e >= this.X) throw new ServerError('invalid_request', `Load: expert ${e} of layer ${le.layer} out of range [0, ${this.X})`);
+        wanted.set(le.layer, le.experts);
+      }
+      const prepared = await this.shard.prepare(wanted);
+      let bytesRead = 0;
+      if (prepared) {
+        bytesRead = prepared.bytesRead;
+        await new Promise<void>((resolve, reject) => {
+          this.chain = this.chain.then(async () => {
+            try {
+              const retired = this.shard.swap(prepared);
+              await this.shard.release(retired);
+              resolve();
+            } catch (err) {
+              reject(err);
+            }
+          });
+        });
+        this.opts.log.info({ layers: prepared.layers, ms: Math.round(performance.now() - t0) }, 'experts reloaded');
+      }
+      const layers = [...this.shard.held().entries()].map(([layer, experts]) => ({ layer, experts: [...experts] }));
+      return { layers, loadMs: Math.round(performance.now() - t0), checkpointBytesRead: bytesRead };
+    });
+    this.loading = run.catch(() => undefined);
+    return run;
   }
 
   health(): HealthReply {
