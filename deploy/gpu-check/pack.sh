@@ -8,6 +8,8 @@
 #   .cache/ort-cuda/...          the GPU pair from npm run setup:cuda (checked, with its manifest)
 # One tar stream, xz-compressed, cut into .cache/gpu-bundle/part-aa, part-ab, ... plus SHA256SUMS.
 # On the device: cat part-* | xz -dc | tar -x, from the repository root (run.sh does it).
+# XZ_LEVEL (default 6): xz -6 took over 20 min on 2 shared cores here; the CUDA provider (fatbins)
+# barely compresses, so XZ_LEVEL=1 costs few MiB and a fraction of the time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PART_MIB=${PART_MIB:-56}
@@ -28,7 +30,7 @@ start=$(date +%s)
 tar -c --files-from="$OUT/files" \
   --exclude='node_modules/onnxruntime-node/bin/napi-v6/win32' --exclude='node_modules/onnxruntime-node/bin/napi-v6/darwin' \
   --exclude='node_modules/onnxruntime-node/bin/napi-v6/linux/arm64' --exclude='*.map' --exclude='*.md' |
-  xz -T2 -6 | split -b "${PART_MIB}M" - "$OUT/part-"
+  xz -T2 "-${XZ_LEVEL:-6}" | split -b "${PART_MIB}M" - "$OUT/part-"
 (cd "$OUT" && sha256sum part-* >SHA256SUMS)
 echo "gpu-check bundle: $(ls "$OUT"/part-* | wc -l) parts in $OUT ($(du -cb "$OUT"/part-* | tail -1 | cut -f1) bytes), $(( $(date +%s) - start )) s"
 ls -l "$OUT"
