@@ -6,6 +6,7 @@ import { ServerError } from '../../services/common/src/errors.js';
 import type { RuntimeOptions } from '../../services/model/src/runtime/onnx.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, parseWireDtype } from '../../proto/index.js';
 import { DEFAULT_TOPOLOGY, type TopologyOptions } from './topology.js';
+import { DEFAULT_REBALANCE } from './rebalance.js';
 import { DEFAULT_DISPATCH, type LogFn } from './types.js';
 
 export const TOPOLOGY_FLAGS = {
@@ -20,6 +21,10 @@ export const TOPOLOGY_FLAGS = {
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
   'tls-ca': { type: 'string' },
+  'eplb-spare-slots': { type: 'string' },
+  'rebalance-threshold': { type: 'string' },
+  'rebalance-steps': { type: 'string' },
+  'load-window-steps': { type: 'string' },
 } as const;
 
 export const TOPOLOGY_HELP = `  --workers N            start N local expert workers (child processes); 0 = experts in-process (default 0)
@@ -31,6 +36,12 @@ export const TOPOLOGY_HELP = `  --workers N            start N local expert work
   --wire-dtype D         f32 | f16 | bf16 activations on the wire (default f32; others change numerics)
   --max-message-bytes N  gRPC message limit; larger requests are chunked (default ${DEFAULT_MAX_MESSAGE_BYTES})
   --tls-cert F --tls-key F --tls-ca F   TLS to workers (cert/key: client certificate for mutual TLS)
+  --eplb-spare-slots N   live rebalancing (POST /admin/rebalance): redundant expert slots per MoE layer
+                         for replicas of hot experts (default: one per worker)
+  --rebalance-threshold B  rebalance by itself when balancedness (mean / max (token, expert) rows per
+                         worker over the load window) stays below B, in (0, 1] (default 0: off)
+  --rebalance-steps N    ... for N consecutive steps (default ${DEFAULT_REBALANCE.autoSteps})
+  --load-window-steps N  steps in the sliding window of routed load (default 64)
 `;
 
 export interface TopologyFlagValues {
@@ -45,12 +56,23 @@ export interface TopologyFlagValues {
   'tls-cert'?: string;
   'tls-key'?: string;
   'tls-ca'?: string;
+  'eplb-spare-slots'?: string;
+  'rebalance-threshold'?: string;
+  'rebalance-steps'?: string;
+  'load-window-steps'?: string;
 }
 
 function int(v: string | undefined, flag: string, min: number, fallback: number): number {
   if (v === undefined) return fallback;
   const n = Number(v);
   if (!Number.isInteger(n) || n < min) throw new ServerError('invalid_request', `${flag} must be an integer >= ${min}, got ${v}`, { param: flag });
+  return n;
+}
+
+function threshold(v: string | undefined): number {
+  if (v === undefined) return DEFAULT_REBALANCE.autoThreshold;
+  const n = Number(v);
+  if (!(n >= 0 && n <= 1)) throw new ServerError('invalid_request', `--rebalance-threshold must be in [0, 1] (0 = off), got ${v}`, { param: '--rebalance-threshold' });
   return n;
 }
 
@@ -70,6 +92,13 @@ export function topologyFromFlags(values: TopologyFlagValues, modelDir: string, 
     replicate: values.replicate ?? null,
     transport,
     tls,
+    rebalance: Object.freeze({
+      ...DEFAULT_REBALANCE,
+      spareSlots: values['eplb-spare-slots'] === undefined ? null : int(values['eplb-spare-slots'], '--eplb-spare-slots', 0, 0),
+      autoThreshold: threshold(values['rebalance-threshold']),
+      autoSteps: int(values['rebalance-steps'], '--rebalance-steps', 1, DEFAULT_REBALANCE.autoSteps),
+    }),
+    loadWindowSteps: int(values['load-window-steps'], '--load-window-steps', 1, 64),
     dispatch: Object.freeze({
       ...DEFAULT_DISPATCH,
       deadlineMs: int(values['expert-deadline-ms'], '--expert-deadline-ms', 1, DEFAULT_DISPATCH.deadlineMs),

@@ -6,7 +6,7 @@
 import { parentPort } from 'node:worker_threads';
 import { toServerError } from '../../../common/src/errors.js';
 import { startTopology, type Topology } from '../../../../router/index.js';
-import type { RoutedExperts } from '../../../../router/src/types.js';
+import type { Placement, RoutedExperts } from '../../../../router/src/types.js';
 import { moeLayers } from '../../../model/src/config.js';
 import type { Engine, StepEvent } from './engine.js';
 import { RedisKvTier } from '../../../kvcache/src/redis-tier.js';
@@ -121,6 +121,22 @@ async function handle(msg: ToEngine): Promise<void> {
       post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), steps, stepSeconds, routing: routingSnapshot(model), experts: topology?.status() ?? null } });
       return;
     }
+    case 'rebalance': {
+      const r = topology?.rebalancer;
+      if (!r) {
+        post({ type: 'rebalanced', id: msg.id, report: null, code: 'invalid_request', message: 'rebalancing needs expert workers (--workers N or --worker-addrs)' });
+        return;
+      }
+      // Runs alongside the step loop: workers load in the background, the switch waits for a step boundary.
+      r.rebalance('manual').then(
+        (report) => post({ type: 'rebalanced', id: msg.id, report }),
+        (err) => {
+          const e = toServerError(err);
+          post({ type: 'rebalanced', id: msg.id, report: null, code: e.code, message: e.message });
+        },
+      );
+      return;
+    }
     case 'shutdown':
       await tier?.close().catch(() => undefined);
       await topology?.close().catch(() => undefined);
@@ -137,12 +153,20 @@ function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
   const layers = moeLayers(m.cfg);
   const perExpert = topo.stats.totalPerExpert;
   const perWorker = topo.stats.totalPerLayerWorker;
+  const s = topo.stats;
+  const placement = topo.kind === 'in-process' ? null : (topo.experts as { placement?: Placement }).placement ?? topo.placement;
+  const perLayer = (a: Float64Array, n: number) => layers.map((l) => Array.from(a.subarray(l * n, (l + 1) * n)));
   return {
     topology: topo.kind,
     layers,
     expertRows: layers.map((l) => Array.from(perExpert.subarray(l * X, (l + 1) * X))),
     workers: topo.kind === 'in-process' ? ['local'] : topo.workers.map((w) => `w${w.index}`),
     workerRows: layers.map((l) => Array.from(perWorker.subarray(l * W, (l + 1) * W))),
+    workerLoad: perLayer(s.totalLoadPerLayerWorker, W),
+    windowExpertRows: perLayer(s.windowPerExpert, X),
+    windowWorkerLoad: perLayer(s.windowLoadPerWorker, W),
+    replicas: layers.map((l) => placement?.layers.get(l)?.map((h) => h.length) ?? new Array<number>(X).fill(1)),
+    rebalance: topo.rebalancer?.status() ?? null,
   };
 }
 

@@ -10,6 +10,7 @@ import { ServerError } from '../../../common/src/errors.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
 import type { ExpertsStatus } from '../../../../router/src/topology.js';
+import type { RebalanceReport } from '../../../../router/src/rebalance.js';
 import type { EngineStatsSnapshot, FromEngine, SerializedLoadOptions, ToEngine } from './thread-protocol.js';
 import type { EngineRequest, StepEvent } from './engine.js';
 
@@ -33,6 +34,8 @@ type Ready = Extract<FromEngine, { type: 'ready' }>;
 export class EngineHost {
   private nextId = 1;
   private readonly listeners = new Map<number, { onEvent: EventListener; onReject: (e: ServerError) => void }>();
+  private nextRebalanceId = 1;
+  private readonly rebalanceWaiters = new Map<number, { resolve: (r: RebalanceReport) => void; reject: (e: ServerError) => void }>();
   private statsWaiters: { resolve: (s: EngineStatsSnapshot) => void; reject: (e: ServerError) => void }[] = [];
   private closed = false;
   private dead: string | null = null;
@@ -123,6 +126,16 @@ export class EngineHost {
     });
   }
 
+  /** Live EPLB rebalance of the expert workers (POST /admin/rebalance); resolves when applied. */
+  rebalance(): Promise<RebalanceReport> {
+    if (this.dead || this.closed) return Promise.reject(new ServerError('internal', `the engine is down: ${this.dead ?? 'closed'}`));
+    const id = this.nextRebalanceId++;
+    return new Promise((resolve, reject) => {
+      this.rebalanceWaiters.set(id, { resolve, reject });
+      this.post({ type: 'rebalance', id });
+    });
+  }
+
   /** Sequences submitted and not finished (running or queued). */
   get inFlight(): number {
     return this.listeners.size;
@@ -184,6 +197,13 @@ export class EngineHost {
         for (const w of waiters) w.resolve(m.stats);
         return;
       }
+      case 'rebalanced': {
+        const w = this.rebalanceWaiters.get(m.id);
+        this.rebalanceWaiters.delete(m.id);
+        if (m.report) w?.resolve(m.report);
+        else w?.reject(new ServerError(m.code ?? 'internal', m.message ?? 'rebalance failed'));
+        return;
+      }
       case 'log':
         this.hooks.onLog?.(m.message, m.level);
         return;
@@ -205,6 +225,8 @@ export class EngineHost {
     this.listeners.clear();
     for (const w of this.statsWaiters) w.reject(new ServerError('internal', msg));
     this.statsWaiters = [];
+    for (const w of this.rebalanceWaiters.values()) w.reject(new ServerError('internal', msg));
+    this.rebalanceWaiters.clear();
     this.hooks.onFatal?.(msg);
   }
 }

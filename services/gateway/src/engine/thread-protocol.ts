@@ -5,7 +5,8 @@
  * moves ids, logprobs and events.
  *
  * main -> engine: init (model dir + load options), add (a request, keyed by the host's id),
- *                 abort (host id), stats, shutdown
+ *                 abort (host id), stats, rebalance (POST /admin/rebalance; answered by
+ *                 rebalanced with the same id), shutdown
  * One id per request: the host's id is the engine's sequence id (Engine.add(request, id)), so
  * events need no translation; the KV manager's sequence handle is the engine's own (a preempted
  * sequence gets a fresh one).
@@ -20,6 +21,7 @@ import type { MlaImpl } from '../../../model/src/graphs/attention.js';
 import type { Quantization } from '../../../model/src/graphs/linear.js';
 import type { KvStats } from '../../../kvcache/src/manager.js';
 import type { ExpertsStatus, TopologyOptions } from '../../../../router/src/topology.js';
+import type { RebalanceReport, RebalanceStatus } from '../../../../router/src/rebalance.js';
 import type { EngineRequest, StepEvent } from './engine.js';
 import type { EngineSizing } from './sizing.js';
 
@@ -47,6 +49,7 @@ export type ToEngine =
   | { type: 'add'; id: number; request: EngineRequest }
   | { type: 'abort'; id: number }
   | { type: 'stats' }
+  | { type: 'rebalance'; id: number }
   | { type: 'shutdown' };
 
 /**
@@ -63,10 +66,19 @@ export interface RoutingLoadSnapshot {
   /** Worker names: ["local"] in-process, else w0, w1, ... */
   readonly workers: readonly string[];
   /**
-   * Cumulative token rows sent to each worker: [M][W]. A token row goes to each worker holding
-   * at least one of its experts; in-process every row goes to "local".
+   * Cumulative token rows sent to each worker (messages): [M][W]. A token row goes to each worker
+   * holding at least one of its experts; in-process every row goes to "local".
    */
   readonly workerRows: readonly (readonly number[])[];
+  /** Cumulative (token, expert) rows each worker computed (its load): [M][W]. */
+  readonly workerLoad: readonly (readonly number[])[];
+  /** The sliding window (RoutingStats.windowCalls steps): (token, expert) rows per expert [M][X] and per worker [M][W]. */
+  readonly windowExpertRows: readonly (readonly number[])[];
+  readonly windowWorkerLoad: readonly (readonly number[])[];
+  /** Replicas per expert in the current placement: [M][X] (all 1 in-process). */
+  readonly replicas: readonly (readonly number[])[];
+  /** Live rebalancing (null in-process). */
+  readonly rebalance: RebalanceStatus | null;
 }
 
 export interface EngineStatsSnapshot {
@@ -88,5 +100,6 @@ export type FromEngine =
   | { type: 'events'; events: readonly StepEvent[]; running: number; waiting: number }
   | { type: 'rejected'; id: number; code: ErrorCode; message: string; param?: string }
   | { type: 'stats'; stats: EngineStatsSnapshot }
+  | { type: 'rebalanced'; id: number; report: RebalanceReport | null; code?: ErrorCode; message?: string }
   | { type: 'log'; level: 'info' | 'warn' | 'error'; message: string }
   | { type: 'fatal'; message: string; code?: ErrorCode };

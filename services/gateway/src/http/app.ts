@@ -29,6 +29,7 @@ import type { HttpOptions } from './options.js';
 import { chatHandler } from './routes/chat.js';
 import { completionsHandler } from './routes/completions.js';
 import { registerServiceRoutes } from './routes/service.js';
+import { DASHBOARD_OPEN_ROUTES, registerAdminRoutes } from './routes/admin.js';
 
 export interface AppDeps {
   readonly engine: EngineClient;
@@ -55,7 +56,7 @@ export interface GatewayApp {
 const INLINE_JSON_BYTES = 1 << 20;
 
 /** Routes open without the API key (probes and scrapers), as in vLLM. */
-const OPEN_ROUTES: ReadonlySet<string> = new Set(['/health', '/metrics']);
+const OPEN_ROUTES: ReadonlySet<string> = new Set(['/health', '/metrics', ...DASHBOARD_OPEN_ROUTES]);
 /** A client's X-Request-Id is used only if it is this tame (it lands in logs and response ids). */
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -153,6 +154,7 @@ export function buildApp(deps: AppDeps): GatewayApp {
   fastify.post('/v1/completions', completionsHandler(ctx));
   fastify.post('/v1/chat/completions', chatHandler(ctx));
   registerServiceRoutes(fastify, ctx);
+  registerAdminRoutes(fastify, ctx);
 
   return {
     fastify,

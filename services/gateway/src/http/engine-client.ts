@@ -4,6 +4,7 @@
  */
 import type { ServerError } from '../../../common/src/errors.js';
 import type { ExpertsStatus } from '../../../../router/src/topology.js';
+import type { RebalanceReport } from '../../../../router/src/rebalance.js';
 import type { EngineRequest, StepEvent } from '../engine/engine.js';
 import type { EngineStatsSnapshot } from '../engine/thread-protocol.js';
 
@@ -13,6 +14,8 @@ export interface EngineClient {
   /** Ends a sequence now; its KV blocks are freed at once. */
   abort(id: number): void;
   stats(): Promise<EngineStatsSnapshot>;
+  /** Live EPLB rebalance of the expert workers; absent where there are none to rebalance. */
+  rebalance?(): Promise<RebalanceReport>;
   /** Sequences running as of the engine's last step. */
   readonly numRunning: number;
   /** Sequences submitted and not admitted yet. */

@@ -8,9 +8,12 @@
  * scrape from one EngineClient.stats() snapshot; if the engine does not answer within
  * statsTimeoutMs the scrape serves the last values.
  *
- * The MoE view: for each MoE layer, cumulative (token, expert) rows per expert, token rows per
- * worker, and balancedness = mean / max rows per worker (1 = perfectly even; in-process there is
- * one worker, "local"), plus the same ratio over experts.
+ * The MoE view: for each MoE layer, cumulative (token, expert) rows per expert and per worker (a
+ * worker's load: what DeepSeek's EPLB and vLLM balance), token rows per worker (messages: a token
+ * goes once to each worker holding any of its experts), and balancedness = mean / max (token,
+ * expert) rows per worker (1 = perfectly even; in-process there is one worker, "local"), over
+ * all time and over the load window, plus the same ratio over experts. Live rebalancing:
+ * rebalances, failures, time to apply, replicas per expert.
  *
  * Expert workers (sharded topologies only): per worker, up (1/0, as of the engine's last report),
  * when it last answered (Unix seconds), and how often the gateway restarted it (local workers).
@@ -56,6 +59,17 @@ export class ServerMetrics implements RunObserver {
   private readonly workerUp: Gauge;
   private readonly workerLastSeen: Gauge;
   private readonly workerRestarts: Counter;
+  private readonly workerLoad: Counter;
+  private readonly windowBalancedness: Gauge;
+  private readonly rebalances: Counter;
+  private readonly rebalanceFailures: Counter;
+  private readonly rebalanceSeconds: Counter;
+  private readonly rebalanceLastSeconds: Gauge;
+  private readonly replicas: Gauge;
+  /** Plain totals for the dashboard (no registry read per poll). */
+  generatedTokens = 0;
+  ttftSecondsSum = 0;
+  ttftCount = 0;
 
   constructor(
     modelName: string,
@@ -89,8 +103,15 @@ export class ServerMetrics implements RunObserver {
     this.tpot = histogram('request_time_per_output_token_seconds', 'Per sequence: (e2e - TTFT) / (tokens - 1).', ITL_BUCKETS);
     this.e2e = histogram('e2e_request_latency_seconds', 'Time from arrival to the last token of a sequence.', E2E_BUCKETS);
     this.expertRows = counter('expert_rows_total', 'Routed (token, expert) rows per MoE layer and expert.', ['layer', 'expert']);
-    this.workerRows = counter('worker_rows_total', 'Token rows sent to each expert worker per MoE layer ("local" in-process).', ['layer', 'worker']);
-    this.balancedness = gauge('layer_balancedness', 'Per MoE layer: mean / max token rows per worker (1 = even).', ['layer']);
+    this.workerRows = counter('worker_rows_total', 'Token rows (messages) sent to each expert worker per MoE layer: a token once per worker holding any of its experts ("local" in-process).', ['layer', 'worker']);
+    this.workerLoad = counter('worker_expert_rows_total', 'Routed (token, expert) rows each expert worker computed per MoE layer: its load ("local" in-process).', ['layer', 'worker']);
+    this.balancedness = gauge('layer_balancedness', 'Per MoE layer: mean / max (token, expert) rows per worker since start (1 = even).', ['layer']);
+    this.windowBalancedness = gauge('layer_window_balancedness', 'Per MoE layer: mean / max (token, expert) rows per worker over the load window (since the last rebalance; 1 = even).', ['layer']);
+    this.rebalances = counter('rebalances_total', 'Live EPLB rebalances applied.');
+    this.rebalanceFailures = counter('rebalance_failures_total', 'Live rebalances that failed (the placement stayed).');
+    this.rebalanceSeconds = counter('rebalance_apply_seconds_total', 'Time to apply rebalances (load, switch, free), summed.');
+    this.rebalanceLastSeconds = gauge('rebalance_last_apply_seconds', 'Time to apply the last rebalance.');
+    this.replicas = gauge('expert_replicas', 'Workers holding each routed expert per MoE layer (the current placement).', ['layer', 'expert']);
     this.expertBalancedness = gauge('layer_expert_balancedness', 'Per MoE layer: mean / max rows per expert (1 = even).', ['layer']);
     this.workerUp = gauge('worker_up', 'Expert worker connected and serving (1) or down (0).', ['worker']);
     this.workerLastSeen = gauge('worker_last_seen_seconds', 'When the expert worker last answered or reconnected, Unix seconds (0 = never).', ['worker']);
@@ -103,12 +124,15 @@ export class ServerMetrics implements RunObserver {
   }
   firstToken(seconds: number): void {
     this.ttft.observe(seconds);
+    this.ttftSecondsSum += seconds;
+    this.ttftCount++;
   }
   interToken(seconds: number): void {
     this.itl.observe(seconds);
   }
   generationToken(): void {
     this.generationTokensTotal.inc();
+    this.generatedTokens++;
   }
   sequenceFinished(reason: ChoiceFinish, e2eSeconds: number, ttftSeconds: number, tokens: number): void {
     this.success.inc({ finished_reason: reason });
@@ -117,6 +141,18 @@ export class ServerMetrics implements RunObserver {
   }
   requestFailed(code: ErrorCode): void {
     this.failure.inc({ code });
+  }
+
+  /** The engine's snapshot, or null when it does not answer within statsTimeoutMs (the dashboard's feed). */
+  async engineStats(): Promise<EngineStatsSnapshot | null> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([this.engine.stats(), new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), this.statsTimeoutMs)))]);
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Prometheus text exposition, engine gauges refreshed first. */
@@ -170,15 +206,31 @@ export class ServerMetrics implements RunObserver {
     const r = s.routing;
     this.expertRows.reset();
     this.workerRows.reset();
+    this.workerLoad.reset();
     r.layers.forEach((layer, i) => {
       const l = String(layer);
       const experts = r.expertRows[i]!;
       experts.forEach((v, e) => this.expertRows.inc({ layer: l, expert: String(e) }, v));
-      const workers = r.workerRows[i]!;
-      workers.forEach((v, w) => this.workerRows.inc({ layer: l, worker: r.workers[w]! }, v));
-      this.balancedness.set({ layer: l }, balance(workers));
+      r.workerRows[i]!.forEach((v, w) => this.workerRows.inc({ layer: l, worker: r.workers[w]! }, v));
+      const load = r.workerLoad[i]!;
+      load.forEach((v, w) => this.workerLoad.inc({ layer: l, worker: r.workers[w]! }, v));
+      this.balancedness.set({ layer: l }, balance(load));
+      this.windowBalancedness.set({ layer: l }, balance(r.windowWorkerLoad[i]!));
       this.expertBalancedness.set({ layer: l }, balance(experts));
+      r.replicas[i]!.forEach((v, e) => this.replicas.set({ layer: l, expert: String(e) }, v));
     });
+    const rb = r.rebalance;
+    if (rb) {
+      for (const [c, v] of [
+        [this.rebalances, rb.rebalances],
+        [this.rebalanceFailures, rb.failures],
+        [this.rebalanceSeconds, rb.applySecondsTotal],
+      ] as const) {
+        c.reset();
+        c.inc(v);
+      }
+      this.rebalanceLastSeconds.set(rb.lastApplyMs / 1000);
+    }
   }
 
   private refreshWorkers(ex: ExpertsStatus | null): void {
