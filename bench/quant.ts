@@ -5,7 +5,9 @@
  *   positions before their first difference (1.00 = identical), and where they first differ;
  * - top-1 agreement per position: both models teacher-forced on prompt + the fp32 continuation
  *   (full recomputation, logits at every position); the share of positions with the same argmax;
- * - max |Δlogit| over those positions, and the largest logit magnitude for scale.
+ * - max and mean |Δlogit| over those positions; for scale, the largest |logit| and the median gap
+ *   between the fp32 top-1 and top-2 logits (random-weight checkpoints have nearly flat logits,
+ *   so their argmax flips at drifts far below a trained model's margins).
  * Also the load time and the weight bytes of each format (what decode reads).
  *
  * Usage: npm run bench:quant [-- mixtral-perf dsv2-perf mixtral-tiny ...] [--tokens N]
@@ -56,7 +58,7 @@ async function load(dir: string, quantization: Quantization): Promise<{ m: Loade
   return { m, s: (performance.now() - t0) / 1000 };
 }
 
-const rows: (string | number)[][] = [['model', 'prompts', 'greedy agreement', 'first diff (min)', 'top-1 agreement', 'max |Δlogit|', 'max |logit|', 'load s fp32 / int8']];
+const rows: (string | number)[][] = [['model', 'prompts', 'greedy agreement', 'first diff (min)', 'top-1 agreement', 'max |Δlogit|', 'mean |Δlogit|', 'fp32 top-1 margin (median)', 'max |logit|', 'load s fp32 / int8']];
 for (const name of MODELS) {
   const dir = dirOf(name);
   const fp = await load(dir, 'none');
@@ -71,7 +73,10 @@ for (const name of MODELS) {
   let top1 = 0;
   let positions = 0;
   let maxDelta = 0;
+  let sumDelta = 0;
+  let nDelta = 0;
   let maxAbs = 0;
+  const margins: number[] = [];
   for (let i = 0; i < prompts.length; i++) {
     const ga = a[i]!.greedy_ids;
     const gb = b[i]!.greedy_ids;
@@ -83,15 +88,23 @@ for (const name of MODELS) {
     const la = await allLogits(fp.m, seq);
     const lb = await allLogits(q8.m, seq);
     for (let t = 0; t < seq.length; t++) {
-      if (argmax(la, t * V, V) === argmax(lb, t * V, V)) top1++;
+      const best = argmax(la, t * V, V);
+      if (best === argmax(lb, t * V, V)) top1++;
       positions++;
+      let second = -Infinity;
+      for (let v = 0; v < V; v++) if (v !== best && la[t * V + v]! > second) second = la[t * V + v]!;
+      margins.push(la[t * V + best]! - second);
     }
     for (let j = 0; j < la.length; j++) {
-      maxDelta = Math.max(maxDelta, Math.abs(la[j]! - lb[j]!));
+      const d = Math.abs(la[j]! - lb[j]!);
+      maxDelta = Math.max(maxDelta, d);
+      sumDelta += d;
+      nDelta++;
       maxAbs = Math.max(maxAbs, Math.abs(la[j]!));
     }
   }
-  rows.push([name, prompts.length, agree / prompts.length, firstDiff === Infinity ? `none in ${TOKENS}` : firstDiff, top1 / positions, maxDelta, maxAbs, `${fp.s.toFixed(1)} / ${q8.s.toFixed(1)}`]);
+  margins.sort((x, y) => x - y);
+  rows.push([name, prompts.length, agree / prompts.length, firstDiff === Infinity ? `none in ${TOKENS}` : firstDiff, top1 / positions, maxDelta, sumDelta / nDelta, margins[margins.length >> 1]!, maxAbs, `${fp.s.toFixed(1)} / ${q8.s.toFixed(1)}`]);
   process.stderr.write(`${name} done\n`);
   fp.m.checkpoint.close();
   q8.m.checkpoint.close();
