@@ -57,16 +57,19 @@ export function completionBody(model: string, prompt: readonly number[], outputT
 export interface RoutingView {
   /** layer -> expert -> rows */
   readonly experts: Record<string, Record<string, number>>;
-  /** layer -> worker -> rows */
+  /** layer -> worker -> token rows (messages: a token once per worker holding any of its experts) */
   readonly workers: Record<string, Record<string, number>>;
+  /** layer -> worker -> (token, expert) rows computed (the load EPLB balances); empty from servers without it */
+  readonly workerLoad: Record<string, Record<string, number>>;
 }
 
-const SERIES = /^moeserve:(expert|worker)_rows_total\{([^}]*)\} ([0-9.e+-]+)$/;
+const SERIES = /^moeserve:(expert|worker|worker_expert)_rows_total\{([^}]*)\} ([0-9.e+-]+)$/;
 
 /** Parses the moeserve:expert_rows_total / worker_rows_total series of a /metrics text. */
 export function parseRouting(metricsText: string): RoutingView {
   const experts: Record<string, Record<string, number>> = {};
   const workers: Record<string, Record<string, number>> = {};
+  const workerLoad: Record<string, Record<string, number>> = {};
   for (const line of metricsText.split('\n')) {
     const m = SERIES.exec(line);
     if (!m) continue;
@@ -78,9 +81,10 @@ export function parseRouting(metricsText: string): RoutingView {
     const layer = labels['layer']!;
     const v = Number(m[3]);
     if (m[1] === 'expert') (experts[layer] ??= {})[labels['expert']!] = v;
-    else (workers[layer] ??= {})[labels['worker']!] = v;
+    else if (m[1] === 'worker') (workers[layer] ??= {})[labels['worker']!] = v;
+    else (workerLoad[layer] ??= {})[labels['worker']!] = v;
   }
-  return { experts, workers };
+  return { experts, workers, workerLoad };
 }
 
 export interface LayerBalance {
@@ -88,8 +92,12 @@ export interface LayerBalance {
   /** Rows per expert / per worker during the run (after - before). */
   readonly expertRows: number[];
   readonly workerRows: Record<string, number>;
-  /** mean / max rows per worker (1 = even). */
+  /** (token, expert) rows per worker during the run (its load). */
+  readonly workerLoad: Record<string, number>;
+  /** mean / max (token, expert) rows per worker (1 = even): the load balance (token rows where the server has no load series). */
   readonly workerBalancedness: number;
+  /** mean / max token rows (messages) per worker. */
+  readonly messageBalancedness: number;
   /** mean / max rows per expert. */
   readonly expertBalancedness: number;
 }
@@ -111,6 +119,10 @@ export function routingDelta(before: RoutingView, after: RoutingView): LayerBala
       const w = after.workers[layer] ?? {};
       const workerRows: Record<string, number> = {};
       for (const name of Object.keys(w)) workerRows[name] = w[name]! - (before.workers[layer]?.[name] ?? 0);
-      return { layer, expertRows, workerRows, workerBalancedness: meanOverMax(Object.values(workerRows)), expertBalancedness: meanOverMax(expertRows) };
+      const wl = after.workerLoad?.[layer] ?? {};
+      const workerLoad: Record<string, number> = {};
+      for (const name of Object.keys(wl)) workerLoad[name] = wl[name]! - (before.workerLoad?.[layer]?.[name] ?? 0);
+      const load = Object.keys(workerLoad).length > 0 ? Object.values(workerLoad) : Object.values(workerRows);
+      return { layer, expertRows, workerRows, workerLoad, workerBalancedness: meanOverMax(load), messageBalancedness: meanOverMax(Object.values(workerRows)), expertBalancedness: meanOverMax(expertRows) };
     });
 }

@@ -2,9 +2,9 @@
  * Dispatch and combine: the routed half of an MoE layer over expert workers.
  *
  * `planDispatch` (pure) assigns every (row, slot) of a step to one live worker holding that
- * slot's expert: a row's slots stick to a worker already chosen for the row when it holds the
- * expert (a row crosses the wire once per worker, not once per expert), and a replicated
- * expert's rows are spread round-robin over its live replicas.
+ * slot's expert: a replicated expert's slot goes to its least-loaded live replica so far in the
+ * call (even load, as EPLB plans it), ties to a worker the row already goes to (a row crosses the
+ * wire once per worker, not once per expert), then round-robin.
  *
  * `ShardedExperts.forward` (the gateway's RoutedExperts over gRPC) then, per call:
  *   1. plans; experts with no live worker fail the call at once (experts_unavailable, naming them);
@@ -101,19 +101,27 @@ export function planDispatch(
       if (reps.length === 1) {
         if (live[reps[0]!]) w = reps[0]!;
       } else {
-        // Affinity: a worker this row already goes to, if it holds e.
-        for (let c = 0; c < nChosen && w < 0; c++) if (reps.includes(chosen[c]!)) w = chosen[c]!;
-        if (w < 0) {
-          const start = cursor[e]! % reps.length;
-          for (let t = 0; t < reps.length; t++) {
-            const cand = reps[(start + t) % reps.length]!;
-            if (live[cand]) {
-              w = cand;
-              cursor[e] = start + t + 1;
-              break;
-            }
+        // Least loaded: the live replica with the fewest (row, slot) pairs so far in this call
+        // (what EPLB's placement assumes: a replicated expert's rows split evenly; ties in
+        // round-robin order). A worker this row already goes to wins when it is at most one pair
+        // above that (one message less; the imbalance this allows stays bounded).
+        const start = cursor[e]! % reps.length;
+        let pick = -1;
+        for (let t = 0; t < reps.length; t++) {
+          const cand = reps[(start + t) % reps.length]!;
+          if (live[cand] && (w < 0 || slotCount[cand]! < slotCount[w]!)) {
+            w = cand;
+            pick = t;
           }
         }
+        for (let c = 0; c < nChosen && w >= 0; c++) {
+          const cw = chosen[c]!;
+          if (cw !== w && slotCount[cw]! <= slotCount[w]! + 1 && reps.includes(cw)) {
+            w = cw;
+            break;
+          }
+        }
+        if (w >= 0) cursor[e] = start + pick + 1;
       }
       if (w < 0) {
         (missing ??= []).push(e);
