@@ -10,7 +10,7 @@
  * space [N, H], which the MLP / MoE half of every layer processes in one go.
  *
  * Letters: N rows in the step, H hidden, V vocab, A activated experts, X routed experts,
- * B sequences in a group, T query slots, P past slots, L = P + T, E cache row elements, F = R/2.
+ * B sequences in a group, T query slots, P past slots, L = P + T, E cache row elements, R rotary dims.
  */
 import { ServerError } from '../../../common/src/errors.js';
 import type { MoeModelConfig } from '../../../model/src/config.js';
@@ -244,7 +244,7 @@ export class DenseRunner {
     const H = cfg.hiddenSize;
     const A = cfg.moe.nActivatedExperts;
     const X = cfg.moe.nRoutedExperts;
-    const F = this.rope.freqs;
+    const R = this.rope.width;
 
     // ---- rows and groups
     // Validated at the engine's edge (Engine.add, HTTP): asserted here, not re-checked per token.
@@ -283,8 +283,8 @@ export class DenseRunner {
     const hidden = this.hidden.take(N * H);
     hidden.set(this.embed.run({ ids: i64(ids, [N]) }, ['hidden']).hidden!.data);
     const xNorm = this.xNorm.take(N * H);
-    const cos = this.cos.take(N * F);
-    const sin = this.sin.take(N * F);
+    const cos = this.cos.take(N * R);
+    const sin = this.sin.take(N * R);
     for (const s of order) {
       const q = seqs[s]!;
       for (let t = 0; t < q.tokens.length; t++) this.rope.fill(q.pastLen + t, cos, sin, rowStart[s]! + t);
@@ -377,7 +377,7 @@ export class DenseRunner {
     routerLogits: Float32Array | null,
   ): void {
     const H = this.cfg.hiddenSize;
-    const F = this.rope.freqs;
+    const R = this.rope.width;
     const E = this.E;
     const X = this.cfg.moe.nRoutedExperts;
     const { B, T, P, L, first, n } = g;
@@ -394,8 +394,8 @@ export class DenseRunner {
     this.mark('mask');
     const feeds = {
       hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
-      cos: f32(cos.subarray(first * F, (first + n) * F), [n, F]),
-      sin: f32(sin.subarray(first * F, (first + n) * F), [n, F]),
+      cos: f32(cos.subarray(first * R, (first + n) * R), [n, R]),
+      sin: f32(sin.subarray(first * R, (first + n) * R), [n, R]),
       past: f32(past, [B, P, E]),
       mask: f32(mask, [B, T, L]),
     };

@@ -10,7 +10,7 @@
  *
  * Inputs (every variant):
  *   hidden  float32 [N, H]      residual stream rows, sequence-major (row = b·T + t)
- *   cos,sin float32 [N, F]      RoPE rows for each row's absolute position
+ *   cos,sin float32 [N, R]      RoPE rows for each row's absolute position (RopeTable's layout)
  *   past    float32 [B, P, E]   this layer's cache rows gathered from the KV pool (P may be 0)
  *   mask    float32 [B, T, L]   additive: 0 visible, -1e30 hidden (causality, padding, windows)
  * Outputs:
@@ -89,11 +89,11 @@ function optionalBias(g: GraphBuilder, ws: WeightSource, name: string, present: 
 function declareInputs(g: GraphBuilder, cfg: MoeModelConfig, E: number) {
   assertRowElements(cfg, E);
   const H = cfg.hiddenSize;
-  const F = cfg.rope.dim / 2;
+  const R = cfg.rope.dim;
   return {
     hidden: g.input('hidden', DT.FLOAT, ['N', H]),
-    cos: g.input('cos', DT.FLOAT, ['N', F]),
-    sin: g.input('sin', DT.FLOAT, ['N', F]),
+    cos: g.input('cos', DT.FLOAT, ['N', R]),
+    sin: g.input('sin', DT.FLOAT, ['N', R]),
     past: g.input('past', DT.FLOAT, ['B', 'P', E]),
     mask: g.input('mask', DT.FLOAT, ['B', 'T', 'L']),
   };
@@ -136,16 +136,21 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const b = concatRows(ws, [W.attn(layer, 'q_proj', 'bias'), W.attn(layer, 'k_proj', 'bias'), W.attn(layer, 'v_proj', 'bias')]);
     qkvB = g.initializer(`layers.${layer}.self_attn.qkv_proj.bias`, DT.FLOAT, [(h + 2 * kvh) * D], b);
   }
-  const [qFlat, kFlat, vFlat] = g.split(projection(g, x, `layers.${layer}.self_attn.qkv_proj.weight`, qkvW, (h + 2 * kvh) * D, H, opts, qkvB), 1, [h * D, kvh * D, kvh * D]) as [string, string, string];
-  let q = g.reshape(qFlat, [0, h, D]); // [N, h, D]
-  let k = g.reshape(kFlat, [0, kvh, D]); // [N, g, D]
+  const qkv = g.reshape(projection(g, x, `layers.${layer}.self_attn.qkv_proj.weight`, qkvW, (h + 2 * kvh) * D, H, opts, qkvB), [0, h + 2 * kvh, D]); // [N, h+2g, D]
+  let q: string;
+  let kvNew: string; // [N, 2·g·D]: the cache row [K | V]
   if (a.qkNorm) {
-    q = g.rmsNorm(q, weight(g, ws, W.attn(layer, 'q_norm'), [D]), cfg.rmsNormEps);
-    k = g.rmsNorm(k, weight(g, ws, W.attn(layer, 'k_norm'), [D]), cfg.rmsNormEps);
+    const [q0, k0, v] = g.split(qkv, 1, [h, kvh, kvh]) as [string, string, string];
+    q = applyRope(g, g.rmsNorm(q0, weight(g, ws, W.attn(layer, 'q_norm'), [D]), cfg.rmsNormEps), inp.cos, inp.sin, R, D, cfg.rope.interleaved);
+    const k = applyRope(g, g.rmsNorm(k0, weight(g, ws, W.attn(layer, 'k_norm'), [D]), cfg.rmsNormEps), inp.cos, inp.sin, R, D, cfg.rope.interleaved);
+    kvNew = g.reshape(g.concat([k, v], 1), [0, 2 * kvh * D]);
+  } else {
+    // q and k heads rotate in one go (the same cos/sin for every head); v heads pass through.
+    const [qk, v] = g.split(qkv, 1, [h + kvh, kvh]) as [string, string];
+    const [qr, k] = g.split(applyRope(g, qk, inp.cos, inp.sin, R, D, cfg.rope.interleaved), 1, [h, kvh]) as [string, string];
+    q = qr;
+    kvNew = g.reshape(g.concat([k, v], 1), [0, 2 * kvh * D]);
   }
-  q = applyRope(g, q, inp.cos, inp.sin, R, D, cfg.rope.interleaved);
-  k = applyRope(g, k, inp.cos, inp.sin, R, D, cfg.rope.interleaved);
-  const kvNew = g.concat([g.reshape(k, [0, kvh * D]), vFlat], 1); // [N, 2·g·D]
   g.output(kvNew, 'kv_new');
 
   // Keys and values of the whole window: [past | new] along the sequence axis.

@@ -6,6 +6,7 @@
  */
 import type { RopeConfig } from '../config.js';
 import type { GraphBuilder } from '../onnx/graph.js';
+import { DT } from '../onnx/proto.js';
 
 const f = Math.fround;
 
@@ -45,66 +46,79 @@ export function inverseFrequencies(rope: RopeConfig): Float32Array {
 }
 
 /**
- * Precomputed cos/sin rows for positions [0, maxPositions): cos/sin: Float32Array [maxPositions, F],
- * row-major, already multiplied by rope.attentionScaling (yarn's mscale ratio).
+ * Precomputed cos/sin rows for positions [0, maxPositions), already multiplied by
+ * rope.attentionScaling (yarn's mscale ratio), laid out at the full rotary width R so the graph
+ * multiplies without gathering: cos/sin Float32Array [maxPositions, R], row-major, frequency i at
+ * dims (i, i+F) for rotate_half and (2i, 2i+1) for interleaved pairs (see applyRope).
  */
 export class RopeTable {
   readonly cos: Float32Array;
   readonly sin: Float32Array;
-  readonly freqs: number;
+  /** R: values per row of cos and sin. */
+  readonly width: number;
   constructor(
     rope: RopeConfig,
     readonly maxPositions: number,
   ) {
     const inv = inverseFrequencies(rope);
-    const F = (this.freqs = inv.length);
-    this.cos = new Float32Array(maxPositions * F);
-    this.sin = new Float32Array(maxPositions * F);
+    const F = inv.length;
+    const R = (this.width = 2 * F);
+    this.cos = new Float32Array(maxPositions * R);
+    this.sin = new Float32Array(maxPositions * R);
     const s = rope.attentionScaling;
     for (let p = 0; p < maxPositions; p++) {
       for (let i = 0; i < F; i++) {
         const angle = f(p * inv[i]!);
-        this.cos[p * F + i] = f(f(Math.cos(angle)) * s);
-        this.sin[p * F + i] = f(f(Math.sin(angle)) * s);
+        const c = f(f(Math.cos(angle)) * s);
+        const si = f(f(Math.sin(angle)) * s);
+        const [a, b] = rope.interleaved ? [2 * i, 2 * i + 1] : [i, i + F];
+        this.cos[p * R + a] = c;
+        this.cos[p * R + b] = c;
+        this.sin[p * R + a] = si;
+        this.sin[p * R + b] = si;
       }
     }
   }
 
-  /** Copies the rows of `position` into row `row` of cos/sin buffers [*, F]. */
+  /** Copies the rows of `position` into row `row` of cos/sin buffers [*, R]. */
   fill(position: number, outCos: Float32Array, outSin: Float32Array, row: number): void {
-    const F = this.freqs;
-    outCos.set(this.cos.subarray(position * F, position * F + F), row * F);
-    outSin.set(this.sin.subarray(position * F, position * F + F), row * F);
+    const R = this.width;
+    outCos.set(this.cos.subarray(position * R, position * R + R), row * R);
+    outSin.set(this.sin.subarray(position * R, position * R + R), row * R);
   }
 }
 
 /**
- * Rotates the first R dims of x [N, h, Dx] (Dx >= R; the rest passes through).
- * cos/sin: [N, F] graph values.
- * interleaved: pairs (2i, 2i+1) rotate by frequency i (DeepSeek, complex multiplication);
- * else pairs (i, i+F) (rotate_half, Llama/Mixtral/Qwen).
+ * The signed permutation Q [R, R] with (x·Q) = the partner of each rotary dim, negated for the
+ * first of each pair: rotate_half (x·Q)[i] = −x[i+F], (x·Q)[i+F] = x[i]; interleaved
+ * (x·Q)[2i] = −x[2i+1], (x·Q)[2i+1] = x[2i].
+ */
+function partnerMatrix(R: number, interleaved: boolean): Float32Array {
+  const F = R / 2;
+  const q = new Float32Array(R * R);
+  for (let i = 0; i < F; i++) {
+    const [a, b] = interleaved ? [2 * i, 2 * i + 1] : [i, i + F];
+    q[b * R + a] = -1; // (x·Q)[a] = −x[b]
+    q[a * R + b] = 1; // (x·Q)[b] = x[a]
+  }
+  return q;
+}
+
+/**
+ * Rotates the first R dims of x [N, h, Dx] (Dx >= R; the rest passes through), with cos/sin
+ * graph values [N, R] laid out as RopeTable lays them out:
+ *   out = x · cos + (x·Q) · sin
+ * which is, pair by pair, exactly transformers' arithmetic (x1·c − x2·s, x2·c + x1·s): the
+ * matmul by a signed permutation sums one product and zeros, so nothing rounds differently. Four
+ * nodes for any number of heads, instead of a dozen slices, products and concats per call.
+ * interleaved: pairs (2i, 2i+1) (DeepSeek, complex multiplication); else pairs (i, i+F)
+ * (rotate_half: Llama/Mixtral/Qwen).
  */
 export function applyRope(g: GraphBuilder, x: string, cos: string, sin: string, R: number, Dx: number, interleaved: boolean): string {
-  const F = R / 2;
   const rot = R === Dx ? x : g.slice(x, 2, 0, R);
-  let out: string;
-  if (interleaved) {
-    const c = g.unsqueeze(cos, [1, 3]); // [N, 1, F, 1]
-    const s = g.unsqueeze(sin, [1, 3]);
-    const pairs = g.reshape(rot, [0, 0, F, 2]); // [N, h, F, 2]
-    const xe = g.slice(pairs, 3, 0, 1);
-    const xo = g.slice(pairs, 3, 1, 2);
-    const oe = g.sub(g.mul(xe, c), g.mul(xo, s));
-    const oo = g.add(g.mul(xe, s), g.mul(xo, c));
-    out = g.reshape(g.concat([oe, oo], 3), [0, 0, R]);
-  } else {
-    const c = g.unsqueeze(cos, [1]); // [N, 1, F]
-    const s = g.unsqueeze(sin, [1]);
-    const x1 = g.slice(rot, 2, 0, F);
-    const x2 = g.slice(rot, 2, F, R);
-    const o1 = g.sub(g.mul(x1, c), g.mul(x2, s));
-    const o2 = g.add(g.mul(x2, c), g.mul(x1, s));
-    out = g.concat([o1, o2], 2);
-  }
+  const q = g.initializer(`rope_partner_${R}_${interleaved ? 'i' : 'h'}`, DT.FLOAT, [R, R], partnerMatrix(R, interleaved));
+  const c = g.unsqueeze(cos, [1]); // [N, 1, R]
+  const s = g.unsqueeze(sin, [1]);
+  const out = g.add(g.mul(rot, c), g.mul(g.matmul(rot, q), s));
   return R === Dx ? out : g.concat([out, g.slice(x, 2, R, Dx)], 2);
 }

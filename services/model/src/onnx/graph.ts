@@ -23,8 +23,22 @@ function u8(view: ArrayBufferView): Uint8Array {
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
 }
 
+/** A node kept as data until toModel(), so an output can be renamed instead of copied. */
+interface NodeRec {
+  readonly opType: string;
+  readonly inputs: string[];
+  readonly outputs: string[];
+  readonly name: string;
+  readonly attrs: Msg[];
+  readonly domain: string;
+}
+
 export class GraphBuilder {
-  private readonly nodes: Msg[] = [];
+  private readonly nodes: NodeRec[] = [];
+  /** value name -> the node that produces it */
+  private readonly producer = new Map<string, NodeRec>();
+  /** values renamed by output(): later uses of the old name follow */
+  private readonly renamed = new Map<string, string>();
   private readonly inits: Msg[] = [];
   private readonly inputs: ValueInfo[] = [];
   private readonly outputs: ValueInfo[] = [];
@@ -44,9 +58,27 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Marks `value` as a graph output named `name` (an Identity node when the names differ). */
+  /**
+   * Marks `value` as a graph output named `name`. A value a node produced is renamed (every use
+   * follows): an Identity node would copy the tensor on every run. Graph inputs, initializers and
+   * values already exposed under another name go through an Identity.
+   */
   output(value: string, name: string = value, dtype: DataType = DT.FLOAT, dims: Dim[] | null = null): string {
-    if (value !== name) this.node('Identity', [value], {}, [name]);
+    value = this.renamed.get(value) ?? value;
+    if (value !== name) {
+      const node = this.producer.get(value);
+      if (node && !this.outputs.some((o) => o.name === value)) {
+        for (const n of this.nodes) {
+          for (let i = 0; i < n.inputs.length; i++) if (n.inputs[i] === value) n.inputs[i] = name;
+          for (let i = 0; i < n.outputs.length; i++) if (n.outputs[i] === value) n.outputs[i] = name;
+        }
+        this.producer.delete(value);
+        this.producer.set(name, node);
+        this.renamed.set(value, name);
+      } else {
+        this.node('Identity', [value], {}, [name]);
+      }
+    }
     this.outputs.push({ name, dtype, dims });
     return name;
   }
@@ -72,17 +104,11 @@ export class GraphBuilder {
   /** Appends one node; returns its output names. */
   node(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, outputs: string[] | number = 1, domain = ''): string[] {
     const outs = typeof outputs === 'number' ? Array.from({ length: outputs }, () => this.fresh(opType.toLowerCase())) : outputs;
-    const n = new Msg();
-    for (const i of inputs) n.str(1, i);
-    for (const o of outs) n.str(2, o);
-    n.str(3, this.fresh(`n_${opType}`)).str(4, opType);
-    for (const [k, v] of Object.entries(attrs)) n.msg(5, attribute(k, v));
-    if (domain) {
-      n.str(7, domain);
-      if (domain === 'com.microsoft') this.usesMicrosoft = true;
-    }
-    this.nodes.push(n);
-    return outs;
+    if (domain === 'com.microsoft') this.usesMicrosoft = true;
+    const rec: NodeRec = { opType, inputs: inputs.map((i) => this.renamed.get(i) ?? i), outputs: [...outs], name: this.fresh(`n_${opType}`), attrs: Object.entries(attrs).map(([k, v]) => attribute(k, v)), domain };
+    this.nodes.push(rec);
+    for (const o of outs) this.producer.set(o, rec);
+    return [...outs];
   }
 
   op(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}): string {
@@ -160,7 +186,15 @@ export class GraphBuilder {
   /** Serializes a complete ModelProto. */
   toModel(): Uint8Array {
     const g = new Msg();
-    for (const n of this.nodes) g.msg(1, n);
+    for (const n of this.nodes) {
+      const m = new Msg();
+      for (const i of n.inputs) m.str(1, i);
+      for (const o of n.outputs) m.str(2, o);
+      m.str(3, n.name).str(4, n.opType);
+      for (const a of n.attrs) m.msg(5, a);
+      if (n.domain) m.str(7, n.domain);
+      g.msg(1, m);
+    }
     g.str(2, this.name);
     for (const t of this.inits) g.msg(5, t);
     for (const i of this.inputs) g.msg(11, valueInfo(i));
