@@ -156,7 +156,7 @@ async function benchModel(preset: string): Promise<void> {
   const dir = ensurePerfModel(preset);
   const sw = new Switch();
   const t0 = performance.now();
-  const model = await loadModel(dir, { runtime: DEFAULT_RUNTIME, mlaImpl: 'absorbed', experts: sw, kvCacheBytes: 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 1024 });
+  const model = await loadModel(dir, { runtime: DEFAULT_RUNTIME, mlaImpl: 'auto', experts: sw, kvCacheBytes: 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 1024 });
   const { cfg, engine } = model;
   const log = (msg: string, level: string) => {
     if (level !== 'info') process.stderr.write(`[${level}] ${msg}\n`);

@@ -194,9 +194,13 @@ describe('503: experts unavailable (two real worker processes, one killed)', () 
     expect(viaWorkers.choices[0]!.text).toBe(inProcess.choices[0]!.text);
     const text = await (await fetch(`${t.url}/metrics`)).text();
     for (const layer of ['0', '1', '2']) {
-      const w0 = parseMetric(text, 'moeserve:worker_rows_total', { layer, worker: 'w0' })!;
-      const w1 = parseMetric(text, 'moeserve:worker_rows_total', { layer, worker: 'w1' })!;
-      expect(w0 + w1).toBeGreaterThan(0);
+      // Messages (token rows) per worker, and the load: (token, expert) rows, what balancedness is of.
+      const m0 = parseMetric(text, 'moeserve:worker_rows_total', { layer, worker: 'w0' })!;
+      const m1 = parseMetric(text, 'moeserve:worker_rows_total', { layer, worker: 'w1' })!;
+      const w0 = parseMetric(text, 'moeserve:worker_expert_rows_total', { layer, worker: 'w0' })!;
+      const w1 = parseMetric(text, 'moeserve:worker_expert_rows_total', { layer, worker: 'w1' })!;
+      expect(m0 + m1).toBeGreaterThan(0);
+      expect(w0 + w1).toBeGreaterThanOrEqual(m0 + m1);
       expect(parseMetric(text, 'moeserve:layer_balancedness', { layer })).toBeCloseTo((w0 + w1) / 2 / Math.max(w0, w1), 9);
     }
   });

@@ -7,14 +7,9 @@
  * running on the current ones; `swap(prepared)` installs them at once (synchronous: the server
  * calls it between two requests) and returns the replaced layers, which the caller frees with
  * `release` after the request using them finished.
- *
- * ExpertShard (shard.ts, the expert math) has no way to free one layer's session; `release`
- * reaches the session through the shard's private `layers` map (ExpertShard.release(layer) in
- * shard.ts would be the clean way: a note for its owner).
  */
 import { ServerError } from '../../services/common/src/errors.js';
 import type { MoeModelConfig } from '../../services/model/src/config.js';
-import type { OrtSession } from '../../services/model/src/runtime/onnx.js';
 import type { ExpertShard, ShardExperts } from './shard.js';
 
 /** Builds an ExpertShard of the given layers' experts (opens and closes the checkpoint itself). */
@@ -104,12 +99,6 @@ export class LiveShard {
 
   /** Frees retired layers' sessions (call when no request runs on them). */
   async release(r: RetiredLayers): Promise<void> {
-    for (const { shard, layer } of r.entries) {
-      const layers = (shard as unknown as { layers?: Map<number, { session: OrtSession }> }).layers;
-      const ls = layers?.get(layer);
-      if (!ls) continue;
-      layers!.delete(layer);
-      await ls.session.release();
-    }
+    for (const { shard, layer } of r.entries) await shard.release(layer);
   }
 }

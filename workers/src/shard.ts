@@ -73,6 +73,15 @@ export class ExpertShard {
     return m;
   }
 
+  /** Frees one layer's session (live rebalancing retires a layer's old copy); false if not held. */
+  async release(layer: number): Promise<boolean> {
+    const s = this.layers.get(layer);
+    if (!s) return false;
+    this.layers.delete(layer);
+    await s.session.release();
+    return true;
+  }
+
   holds(layer: number, expert: number): boolean {
     const s = this.layers.get(layer);
     return !!s && expert >= 0 && expert < s.localIndex.length && s.localIndex[expert]! >= 0;
