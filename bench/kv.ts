@@ -23,6 +23,7 @@ import { parseModelConfig } from '../services/model/src/config.js';
 import { DEFAULT_RUNTIME } from '../services/model/src/runtime/onnx.js';
 import fs from 'node:fs';
 import path from 'node:path';
+import { freePort } from '../services/common/src/proc.js';
 import { ensurePerfModel, median, table } from './lib/perf-models.js';
 
 const args = process.argv.slice(2);
@@ -86,14 +87,6 @@ async function ttft(engine: Engine, promptIds: number[]): Promise<number> {
   for (;;) for (const ev of await engine.step()) if (ev.seqId === id && ev.tokenId >= 0) return performance.now() - t0;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function startRedis(): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();

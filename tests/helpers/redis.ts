@@ -27,19 +27,9 @@ export interface RedisServer {
   stop(): Promise<void>;
 }
 
-/** A port nothing listens on right now (the OS picks it; a race with other processes is possible but rare). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from '../../services/common/src/proc.js';
+
+export { freePort };
 
 /** One PING over a raw socket: true on +PONG. */
 function ping(port: number): Promise<boolean> {

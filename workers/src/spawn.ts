@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ServerError } from '../../services/common/src/errors.js';
+import { onLines } from '../../services/common/src/proc.js';
 import { READY_PREFIX } from './main.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -63,10 +64,10 @@ export function spawnWorker(opts: SpawnWorkerOptions): WorkerProcess {
     };
     const why = () => (tail.length ? `: ${tail.join(' / ')}` : '');
     const timer = setTimeout(() => finish(new ServerError('experts_unavailable', `${name} did not start within ${timeoutMs} ms${why()}`)), timeoutMs);
-    lines(child.stdout!, (line) => {
+    onLines(child.stdout!, (line) => {
       if (line.startsWith(READY_PREFIX)) finish(null, JSON.parse(line.slice(READY_PREFIX.length)) as ReadyInfo);
     });
-    lines(child.stderr!, (line) => {
+    onLines(child.stderr!, (line) => {
       tail.push(line);
       if (tail.length > 8) tail.shift();
       opts.onStderrLine?.(line);
@@ -77,18 +78,6 @@ export function spawnWorker(opts: SpawnWorkerOptions): WorkerProcess {
   return { child, ready };
 }
 
-function lines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
-  let buf = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      onLine(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-    }
-  });
-}
 
 /** SIGTERM, then SIGKILL after graceMs; resolves when the process is gone. */
 export function stopProcess(child: ChildProcess, graceMs = 2000): Promise<void> {

@@ -8,9 +8,9 @@
  * a crashed experiment worker leaves no server behind holding ports and cores.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort, onLines } from '../../common/src/proc.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const MOESERVE_BIN = path.resolve(HERE, '../../../bin/moeserve.mjs');
@@ -29,20 +29,11 @@ function track(name: string, child: ChildProcess, onLine?: (line: string) => voi
   const lines: string[] = [];
   const feed = (stream: NodeJS.ReadableStream | null) => {
     if (!stream) return;
-    let buf = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (d: string) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        onLine?.(line);
-        if (line.startsWith(READY_PREFIX)) continue;
-        lines.push(line.length > 400 ? `${line.slice(0, 400)}...` : line);
-        if (lines.length > TAIL_LINES) lines.shift();
-      }
-      if (buf.length > 65536) buf = buf.slice(-65536);
+    onLines(stream, (line) => {
+      onLine?.(line);
+      if (line.startsWith(READY_PREFIX)) return;
+      lines.push(line.length > 400 ? `${line.slice(0, 400)}...` : line);
+      if (lines.length > TAIL_LINES) lines.shift();
     });
   };
   feed(child.stdout);
@@ -174,15 +165,3 @@ export function startWatchdog(): Watchdog {
   };
 }
 
-/** A loopback port nothing listens on right now. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
-    });
-  });
-}
