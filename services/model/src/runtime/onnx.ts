@@ -27,8 +27,8 @@
  *   off. The node binding has no global thread pool, so each session owns one; a pool that spins
  *   after its run holds a core the next session's run needs (measured before this: 2 spinning
  *   threads per session ran 6× slower than 1 thread).
- * - Outputs can be written into caller-owned tensors (`Fetches`), so steady-state steps allocate
- *   no output buffers.
+ * - Outputs are the binding's own copies: it copies every output into a new JS buffer even when
+ *   handed a preallocated tensor (measured), so preallocating would save nothing; none is offered.
  */
 import fs from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -186,11 +186,8 @@ export interface OutputTensor {
   readonly dims: readonly number[];
 }
 
-/**
- * Which outputs to compute: a name -> null (ORT allocates the output) or a float32 tensor of the
- * output's exact shape that ORT writes into (no allocation; its `data` holds the result).
- */
-export type Fetches = Record<string, ort.Tensor | null>;
+/** Which outputs to compute, by name (null: the binding allocates them). */
+type Fetches = Record<string, null>;
 
 // ---------------------------------------------------------------- the native binding
 
@@ -284,25 +281,13 @@ export class OrtSession {
     return new OrtSession(name, session, device);
   }
 
-  /**
-   * Runs the graph synchronously on this thread. `fetches`: output names (ORT allocates them), or
-   * a Fetches map with caller-owned tensors to write into. Every moeserve graph outputs float32.
-   */
-  run(feeds: Record<string, ort.Tensor>, fetches: readonly string[] | Fetches): Record<string, OutputTensor> {
-    let f: Fetches;
-    if (Array.isArray(fetches)) {
-      f = {};
-      for (const n of fetches as readonly string[]) f[n] = null;
-    } else {
-      f = fetches as Fetches;
-    }
-    const res = this.session.run(feeds, f, NO_RUN_OPTIONS);
+  /** Runs the graph synchronously on this thread; every moeserve graph outputs float32. */
+  run(feeds: Record<string, ort.Tensor>, outputNames: readonly string[]): Record<string, OutputTensor> {
+    const fetches: Fetches = {};
+    for (const n of outputNames) fetches[n] = null;
+    const res = this.session.run(feeds, fetches, NO_RUN_OPTIONS);
     const out: Record<string, OutputTensor> = {};
-    for (const k in res) {
-      const given = f[k];
-      // A caller-owned tensor was written in place; the binding returns a new wrapper of a copy.
-      out[k] = given ? { data: given.data as Float32Array, dims: given.dims } : { data: res[k]!.data as Float32Array, dims: res[k]!.dims };
-    }
+    for (const k in res) out[k] = { data: res[k]!.data as Float32Array, dims: res[k]!.dims };
     return out;
   }
 
