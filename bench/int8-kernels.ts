@@ -1,0 +1,154 @@
+/**
+ * bench:int8-kernels — which ONNX Runtime kernel int8 weights should run on, measured side by
+ * side in one run: what `--quantization int8` builds (com.microsoft MatMulNBits, 8 bits, blocks of
+ * 32, accuracy_level 4), the same with blocks of 128, com.microsoft DynamicQuantizeMatMul (int8
+ * weights per output channel, activations quantized to uint8 per tensor, MLAS's u8s8 GEMM), and
+ * the fp32 Gemm they replace.
+ *
+ * Shapes: one expert of mixtral-perf (gate_up [4096, 1024], down [1024, 2048]); eight copies of
+ * each, run one after another, so the weights (50-200 MB) come from memory as in decode, not
+ * from the cache. Per call: the median over rounds; the ratio is to fp32 measured in the same run.
+ * Error: relative RMS of each form's output against a float64 product of the fp32 weights, on
+ * rows drawn N(0, 1), and again with one row of the batch scaled ×30 (an outlier token: a
+ * per-tensor activation scale then quantizes the other rows coarsely).
+ *
+ * Usage: npm run bench:int8-kernels [-- --m 1,4,16] [--threads N] [--rounds R]
+ */
+import { GraphBuilder } from '../services/model/src/onnx/graph.js';
+import { DT } from '../services/model/src/onnx/proto.js';
+import { projection } from '../services/model/src/graphs/linear.js';
+import { quantizeInt8 } from '../services/model/src/quant/int8.js';
+import { DEFAULT_RUNTIME, f32, OrtSession } from '../services/model/src/runtime/onnx.js';
+import { median, table } from './lib/perf-models.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string): string | undefined => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const MS = (flag('--m') ?? '1,4,16').split(',').map(Number);
+const THREADS = Number(flag('--threads') ?? DEFAULT_RUNTIME.intraOpThreads);
+const ROUNDS = Number(flag('--rounds') ?? 15);
+const COPIES = 8;
+const SHAPES: readonly [number, number][] = [
+  [4096, 1024],
+  [1024, 2048],
+];
+
+type Form = 'fp32' | 'nbits32' | 'nbits128' | 'dqmm';
+const FORMS: readonly Form[] = ['fp32', 'nbits32', 'nbits128', 'dqmm'];
+const LABEL: Record<Form, string> = {
+  fp32: 'fp32 Gemm',
+  nbits32: 'MatMulNBits b32 (int8)',
+  nbits128: 'MatMulNBits b128',
+  dqmm: 'DynamicQuantizeMatMul',
+};
+
+function gaussian(n: number, seed: number, sd: number): Float32Array {
+  let s = seed >>> 0;
+  const u = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s + 0.5) / 2 ** 32;
+  };
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = sd * Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+  return out;
+}
+
+/** y = x · W^T in the given form; W float32 [N, K] (HF layout). */
+function linear(g: GraphBuilder, x: string, form: Form, w: Float32Array, N: number, K: number, name: string): string {
+  if (form === 'fp32') return projection(g, x, name, w, N, K, { quantization: 'none' });
+  if (form === 'nbits32') return projection(g, x, name, w, N, K, { quantization: 'int8' });
+  if (form === 'nbits128') {
+    // The same kernel with a coarser block (bench only: moeserve builds blocks of 32).
+    const q = quantizeInt8(w, N, K, 128);
+    const inputs = [x, g.initializer(`${name}.q`, DT.UINT8, [N, q.kBlocks, q.block], q.q), g.initializer(`${name}.s`, DT.FLOAT, [N * q.kBlocks], q.scales)];
+    return g.node('MatMulNBits', inputs, { K, N, bits: 8, block_size: 128, accuracy_level: 4 }, 1, 'com.microsoft')[0]!;
+  }
+  // int8 weights [K, N], symmetric per output channel; activations uint8 per tensor (in the kernel)
+  const b = new Int8Array(K * N);
+  const scales = new Float32Array(N);
+  for (let n = 0; n < N; n++) {
+    let amax = 0;
+    for (let k = 0; k < K; k++) amax = Math.max(amax, Math.abs(w[n * K + k]!));
+    const s = amax > 0 ? Math.fround(amax / 127) : 1;
+    scales[n] = s;
+    for (let k = 0; k < K; k++) b[k * N + n] = Math.round(w[n * K + k]! / s);
+  }
+  return g.node('DynamicQuantizeMatMul', [x, g.initializer(`${name}.b`, DT.INT8, [K, N], b), g.initializer(`${name}.s`, DT.FLOAT, [N], scales)], {}, 1, 'com.microsoft')[0]!;
+}
+
+/** One session per shape: COPIES independent weights applied to the same input, outputs summed. */
+async function build(form: Form, weights: Float32Array[][]): Promise<OrtSession[]> {
+  const out: OrtSession[] = [];
+  for (let s = 0; s < SHAPES.length; s++) {
+    const [N, K] = SHAPES[s]!;
+    const g = new GraphBuilder(`k${s}`);
+    const x = g.input('x', DT.FLOAT, ['M', K]);
+    const ys = weights[s]!.map((w, c) => linear(g, x, form, w, N, K, `w${c}`));
+    g.output(ys.reduce((a, b) => g.add(a, b)), 'y');
+    out.push(await OrtSession.create(`int8-kernels-${form}-${s}`, g.toModel(), { ...DEFAULT_RUNTIME, intraOpThreads: THREADS }));
+  }
+  return out;
+}
+
+/** Relative RMS error of one copy's output against float64 x · W^T. */
+async function error(form: Form, w: Float32Array, N: number, K: number, x: Float32Array, M: number): Promise<number> {
+  const g = new GraphBuilder('err');
+  g.output(linear(g, g.input('x', DT.FLOAT, ['M', K]), form, w, N, K, 'w'), 'y');
+  const s = await OrtSession.create('int8-kernels-err', g.toModel(), { ...DEFAULT_RUNTIME, intraOpThreads: THREADS });
+  const y = s.run({ x: f32(x, [M, K]) }, ['y']).y!.data;
+  await s.release();
+  let num = 0;
+  let den = 0;
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let acc = 0;
+      for (let k = 0; k < K; k++) acc += x[m * K + k]! * w[n * K + k]!;
+      num += (y[m * N + n]! - acc) ** 2;
+      den += acc * acc;
+    }
+  }
+  return Math.sqrt(num / den);
+}
+
+const weights = SHAPES.map(([N, K], s) => Array.from({ length: COPIES }, (_, c) => gaussian(N * K, 1000 * s + c + 1, 0.02)));
+const f32Bytes = COPIES * SHAPES.reduce((a, [N, K]) => a + N * K * 4, 0);
+console.log(`## int8 kernels: ${COPIES} × (gate_up [4096, 1024] + down [1024, 2048]) of mixtral-perf, ${(f32Bytes / 2 ** 20).toFixed(0)} MiB fp32, ${THREADS} threads, median of ${ROUNDS} rounds`);
+
+const sessions = new Map<Form, OrtSession[]>();
+for (const form of FORMS) sessions.set(form, await build(form, weights));
+const rows: string[][] = [];
+for (const M of MS) {
+  const feeds = SHAPES.map(([, K], s) => ({ x: f32(gaussian(M * K, 7 + s, 1), [M, K]) }));
+  const times = new Map<Form, number[]>(FORMS.map((f) => [f, []]));
+  for (let r = 0; r < ROUNDS + 2; r++) {
+    // Forms interleave within a round, so drift on a shared machine hits them alike.
+    for (const form of FORMS) {
+      const t0 = performance.now();
+      sessions.get(form)!.forEach((s, i) => s.run(feeds[i]!, ['y']));
+      if (r >= 2) times.get(form)!.push(performance.now() - t0);
+    }
+  }
+  const base = median(times.get('fp32')!);
+  for (const form of FORMS) {
+    const ms = median(times.get(form)!);
+    const us = (ms * 1000) / (COPIES * SHAPES.length);
+    rows.push([String(M), LABEL[form], us.toFixed(0), (base / ms).toFixed(2), ((f32Bytes / ms) * 1e-6).toFixed(1)]);
+  }
+}
+console.log(table([['M (rows)', 'kernel', 'µs per call', 'speed vs fp32', 'fp32-equivalent GB/s'], ...rows]));
+
+const [N, K] = SHAPES[1]!;
+const M = 16;
+const plain = gaussian(M * K, 11, 1);
+const outlier = plain.slice();
+for (let k = 0; k < K; k++) outlier[k] = outlier[k]! * 30;
+const errRows: string[][] = [];
+for (const form of FORMS) {
+  errRows.push([LABEL[form], (await error(form, weights[1]![0]!, N, K, plain, M)).toExponential(2), (await error(form, weights[1]![0]!, N, K, outlier, M)).toExponential(2)]);
+}
+console.log(`\nrelative RMS error vs float64, down [${N}, ${K}], ${M} rows:`);
+console.log(table([['kernel', 'rows N(0,1)', 'one row ×30'], ...errRows]));
+for (const list of sessions.values()) for (const s of list) await s.release();
+process.exit(0);
