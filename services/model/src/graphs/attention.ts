@@ -114,6 +114,17 @@ function finish(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: n
   }
 }
 
+/** a · bᵀ over the last two axes (batch axes broadcast), without materializing bᵀ. */
+function matmulT(g: GraphBuilder, a: string, b: string): string {
+  return g.node('FusedMatMul', [a, b], { transB: 1 }, 1, 'com.microsoft')[0]!;
+}
+
+/** Splits [..., L] along the last axis into the past part [..., P] and this step's [..., T]. */
+function splitPastNew(g: GraphBuilder, x: string, past: string, mask: string): [string, string] {
+  const sizes = g.concat([g.shape(past, 1, 2), g.shape(mask, 1, 2)], 0); // [P, T]
+  return g.node('Split', [x, sizes], { axis: -1 }, 2) as [string, string];
+}
+
 /** [B, T, ...] -> shape tensor value: Shape(mask)[0:2] ++ rest. */
 function btShape(g: GraphBuilder, mask: string, rest: number[]): string {
   return g.concat([g.shape(mask, 0, 2), g.constI64(rest)], 0);
@@ -138,33 +149,38 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   }
   const qkv = g.reshape(projection(g, x, `layers.${layer}.self_attn.qkv_proj.weight`, qkvW, (h + 2 * kvh) * D, H, opts, qkvB), [0, h + 2 * kvh, D]); // [N, h+2g, D]
   let q: string;
-  let kvNew: string; // [N, 2·g·D]: the cache row [K | V]
+  let k: string; // [N, g, D] after RoPE
+  let v: string; // [N, g, D]
   if (a.qkNorm) {
-    const [q0, k0, v] = g.split(qkv, 1, [h, kvh, kvh]) as [string, string, string];
+    const [q0, k0, v0] = g.split(qkv, 1, [h, kvh, kvh]) as [string, string, string];
     q = applyRope(g, g.rmsNorm(q0, weight(g, ws, W.attn(layer, 'q_norm'), [D]), cfg.rmsNormEps), inp.cos, inp.sin, R, D, cfg.rope.interleaved);
-    const k = applyRope(g, g.rmsNorm(k0, weight(g, ws, W.attn(layer, 'k_norm'), [D]), cfg.rmsNormEps), inp.cos, inp.sin, R, D, cfg.rope.interleaved);
-    kvNew = g.reshape(g.concat([k, v], 1), [0, 2 * kvh * D]);
+    k = applyRope(g, g.rmsNorm(k0, weight(g, ws, W.attn(layer, 'k_norm'), [D]), cfg.rmsNormEps), inp.cos, inp.sin, R, D, cfg.rope.interleaved);
+    v = v0;
   } else {
     // q and k heads rotate in one go (the same cos/sin for every head); v heads pass through.
-    const [qk, v] = g.split(qkv, 1, [h + kvh, kvh]) as [string, string];
-    const [qr, k] = g.split(applyRope(g, qk, inp.cos, inp.sin, R, D, cfg.rope.interleaved), 1, [h, kvh]) as [string, string];
-    q = qr;
-    kvNew = g.reshape(g.concat([k, v], 1), [0, 2 * kvh * D]);
+    const [qk, v0] = g.split(qkv, 1, [h + kvh, kvh]) as [string, string];
+    [q, k] = g.split(applyRope(g, qk, inp.cos, inp.sin, R, D, cfg.rope.interleaved), 1, [h, kvh]) as [string, string];
+    v = v0;
   }
-  g.output(kvNew, 'kv_new');
+  g.output(g.reshape(g.concat([k, v], 1), [0, 2 * kvh * D]), 'kv_new'); // [N, 2·g·D]: the cache row [K | V]
 
-  // Keys and values of the whole window: [past | new] along the sequence axis.
-  const all = g.concat([inp.past, g.reshape(kvNew, btShape(g, inp.mask, [2 * kvh * D]))], 1); // [B, L, 2gD]
-  const [kAll, vAll] = g.split(all, 2, [kvh * D, kvh * D]) as [string, string];
-  const kT = g.transpose(g.reshape(kAll, [0, 0, kvh, D]), [0, 2, 3, 1]); // [B, g, D, L]
-  const vH = g.transpose(g.reshape(vAll, [0, 0, kvh, D]), [0, 2, 1, 3]); // [B, g, L, D]
+  // The past is attended where it lies, and this step's keys and values beside it: scores and
+  // weighted values are computed in two parts ([past | new] along the key axis), so the window is
+  // never concatenated and keys are never transposed (q·Kᵀ is a FusedMatMul with transB). The
+  // past's only copy in the graph is one transpose of D-float blocks to head-major.
+  const pastH = g.transpose(g.reshape(inp.past, [0, 0, 2 * kvh, D]), [0, 2, 1, 3]); // [B, 2g, P, D]
+  const [pk, pv] = g.split(pastH, 1, [kvh, kvh]) as [string, string]; // [B, g, P, D] each
+  const toBgTD = (x: string) => g.transpose(g.reshape(x, btShape(g, inp.mask, [kvh, D])), [0, 2, 1, 3]); // [N, g, D] -> [B, g, T, D]
+  const kN = toBgTD(k);
+  const vN = toBgTD(v);
   // q rows grouped by KV head: [N, h, D] -> [B, T, g, G, D] -> [B, g, G, T, D] -> [B, g, G·T, D]
   const q5 = g.transpose(g.reshape(q, btShape(g, inp.mask, [kvh, G, D])), [0, 2, 3, 1, 4]);
   const qG = g.reshape(q5, [0, kvh, -1, D]);
-  const scores = g.scale(g.matmul(qG, kT), cfg.softmaxScale); // [B, g, G·T, L]
+  const scores = g.scale(g.concat([matmulT(g, qG, pk), matmulT(g, qG, kN)], 3), cfg.softmaxScale); // [B, g, G·T, L]
   const s5 = g.reshape(scores, g.concat([g.shape(q5, 0, 4), g.shape(inp.mask, 2, 3)], 0)); // [B, g, G, T, L]
   const probs = g.softmax(g.add(s5, g.unsqueeze(inp.mask, [1, 2])), -1);
-  const ctx = g.matmul(g.reshape(probs, g.shape(scores)), vH); // [B, g, G·T, D]
+  const [pPast, pNew] = splitPastNew(g, g.reshape(probs, g.shape(scores)), inp.past, inp.mask);
+  const ctx = g.add(g.matmul(pPast, pv), g.matmul(pNew, vN)); // [B, g, G·T, D]
   const ctx5 = g.reshape(ctx, g.shape(q5)); // [B, g, G, T, D]
   const attnOut = g.reshape(g.transpose(ctx5, [0, 3, 1, 2, 4]), [-1, h * D]); // [N, h·D]
   finish(g, ws, cfg, layer, inp.hidden, attnOut, h * D, a.oBias, opts);
@@ -199,7 +215,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const kvNew = g.concat([cKv, kPe], 1); // [N, C + R]
   g.output(kvNew, 'kv_new');
 
-  const lat = g.concat([inp.past, g.reshape(kvNew, btShape(g, inp.mask, [C + R]))], 1); // [B, L, C+R]
+  const latNew = g.reshape(kvNew, btShape(g, inp.mask, [C + R])); // [B, T, C+R]
   const maskB = g.unsqueeze(inp.mask, [1]); // [B, 1, T, L]
   // q as [B, h, T, *]
   const toBhT = (v: string, d: number) => g.transpose(g.reshape(v, btShape(g, inp.mask, [h, d])), [0, 2, 1, 3]);
@@ -207,6 +223,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   let ctx: string; // [B, h, T, Dv]
   if (impl === 'naive') {
     // Rebuild per-head keys and values from every cached latent: the reference path.
+    const lat = g.concat([inp.past, latNew], 1); // [B, L, C+R]
     const [cAll, kPeAll] = g.split(lat, 2, [C, R]) as [string, string];
     const kvFull = g.reshape(g.matmul(cAll, g.transpose(g.initializer(W.attn(layer, 'kv_b_proj'), DT.FLOAT, [h * (Dn + Dv), C], kvB), [1, 0])), [0, 0, h, Dn + Dv]); // [B, L, h, Dn+Dv]
     const [kNope, v] = g.split(kvFull, 3, [Dn, Dv]) as [string, string];
@@ -222,10 +239,15 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const wUVName = g.initializer(`layers.${layer}.self_attn.w_uv_t`, DT.FLOAT, [h, C, Dv], wUVt);
     const qLat = g.matmul(toBhT(qNope, Dn), wUKName); // [B, h, T, C]
     const qCat = g.concat([qLat, toBhT(qPe, R)], 3); // [B, h, T, C+R] — matches the cache row [c_kv | k_pe]
-    const latT = g.unsqueeze(g.transpose(lat, [0, 2, 1]), [1]); // [B, 1, C+R, L]
-    const probs = g.softmax(g.add(g.scale(g.matmul(qCat, latT), cfg.softmaxScale), maskB), -1); // [B, h, T, L]
-    const cAll = g.unsqueeze(g.slice(lat, 2, 0, C), [1]); // [B, 1, L, C]
-    ctx = g.matmul(g.matmul(probs, cAll), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
+    // Past latents are attended where they lie (no concat, no transpose, no copy in the graph),
+    // this step's beside them; the weighted sum runs over whole rows [c_kv | k_pe] and keeps c_kv.
+    const pastU = g.unsqueeze(inp.past, [1]); // [B, 1, P, C+R]
+    const newU = g.unsqueeze(latNew, [1]); // [B, 1, T, C+R]
+    const scores = g.concat([matmulT(g, qCat, pastU), matmulT(g, qCat, newU)], 3); // [B, h, T, L]
+    const probs = g.softmax(g.add(g.scale(scores, cfg.softmaxScale), maskB), -1); // [B, h, T, L]
+    const [pPast, pNew] = splitPastNew(g, probs, inp.past, inp.mask);
+    const ctxLat = g.add(g.matmul(pPast, pastU), g.matmul(pNew, newU)); // [B, h, T, C+R]
+    ctx = g.matmul(g.slice(ctxLat, 3, 0, C), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
   }
   const attnOut = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [-1, h * Dv]); // [N, h·Dv]
   finish(g, ws, cfg, layer, inp.hidden, attnOut, h * Dv, bias, opts);
