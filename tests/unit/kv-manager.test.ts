@@ -286,11 +286,48 @@ describe.each([
     }
   });
 
-  it('rows land at (block · blockSize + slot) · elementsPerToken of the layer storage', () => {
+  it('blocks store rows segment-major: element e of slot s of block b at b·blockSize·E + blockSize·offset + s·length + (e − offset)', () => {
     const { kv, A, B, E } = roundTripScenario(layout);
     const storage = kv.pool.layers[1]!;
+    const at = (block: number, slot: number, e: number) => {
+      const seg = layout.segments.find((x) => e >= x.offset && e < x.offset + x.length)!;
+      return block * BLOCK_SIZE * E + BLOCK_SIZE * seg.offset + slot * seg.length + (e - seg.offset);
+    };
     // A position 5 -> block table[1] = 2, slot 1; B position 6 -> table[1] = 3, slot 2
-    expect(storage[(2 * BLOCK_SIZE + 1) * E]).toBe(rowValue(1, A, 5, 0));
-    expect(storage[(3 * BLOCK_SIZE + 2) * E + E - 1]).toBe(rowValue(1, B, 6, E - 1));
+    for (let e = 0; e < E; e++) {
+      expect(storage[at(2, 1, e)]).toBe(rowValue(1, A, 5, e));
+      expect(storage[at(3, 2, e)]).toBe(rowValue(1, B, 6, e));
+    }
+    // MLA keeps one segment (plain rows); GQA has one per K head, then one per V head
+    if (layout.kind === 'mla') expect(layout.segments).toEqual([{ offset: 0, length: E }]);
+    else expect(layout.segments.length).toBe(2 * layout.numKvHeads);
+  });
+
+  it('gatherHeads hands GQA attention K and V head-major, equal to the gathered rows; MLA refuses it', () => {
+    const { kv, A, B, C, lengths, E } = roundTripScenario(layout);
+    const maxLen = 33;
+    if (layout.kind !== 'gqa') {
+      expectServerError(() => kv.gatherHeads(0, [A], 1, Int32Array.of(1), 1, new Float32Array(E), new Float32Array(E)), 'internal', /no KV heads/);
+      return;
+    }
+    const { numKvHeads: g, headDim: D, vOffset } = layout;
+    for (let layer = 0; layer < layout.numLayers; layer++) {
+      const outK = new Float32Array(3 * g * maxLen * D).fill(SENTINEL);
+      const outV = new Float32Array(3 * g * maxLen * D).fill(SENTINEL);
+      kv.gatherHeads(layer, Int32Array.of(A, B, C), 3, Int32Array.from(lengths), maxLen, outK, outV);
+      [A, B, C].forEach((seq, b) => {
+        for (let h = 0; h < g; h++) {
+          for (let pos = 0; pos < maxLen; pos++) {
+            for (let d = 0; d < D; d++) {
+              const i = ((b * g + h) * maxLen + pos) * D + d;
+              const inRange = pos < lengths[b]!;
+              expect(outK[i]).toBe(inRange ? rowValue(layer, seq, pos, h * D + d) : SENTINEL);
+              expect(outV[i]).toBe(inRange ? rowValue(layer, seq, pos, vOffset + h * D + d) : SENTINEL);
+            }
+          }
+        }
+      });
+    }
+    expectServerError(() => kv.gatherHeads(0, [A], 1, Int32Array.of(33), 33, new Float32Array(10), new Float32Array(10)), 'internal', /smaller than/);
   });
 });

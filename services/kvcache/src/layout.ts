@@ -15,6 +15,12 @@
  *             per-head keys and values are rebuilt from c_kv (or the up-projections absorbed) at
  *             attention time, so nothing per head is stored.
  *
+ * Blocks store their rows segment-major (`segments`): a row is cut into fixed element ranges, and
+ * a block of B tokens holds segment s as [B, length_s] contiguous at element B·offset_s of the
+ * block. GQA has one segment per K head, then one per V head (head-major blocks: one head's keys of
+ * a block are contiguous, so attention gathers K and V head-major in whole-block runs); MLA has one
+ * segment, the whole row (row-major). Rows in and out of the manager keep the row format above.
+ *
  * Sizes (b = dtypeBytes), per token per layer, as in DESIGN.md "KV layouts":
  *   GQA: 2 · numKvHeads · headDim · b        MLA: (kvLoraRank + qkRopeHeadDim) · b
  */
@@ -24,8 +30,16 @@ import type { MoeModelConfig } from '../../model/src/config.js';
 /** Bytes per stored element: the pool stores float32 today. */
 export const KV_FLOAT32_BYTES = 4;
 
+/** One fixed element range [offset, offset + length) of a row; see "Blocks" above. */
+export interface KvSegment {
+  readonly offset: number;
+  readonly length: number;
+}
+
 interface KvLayoutSizes {
   readonly numLayers: number;
+  /** How a block stores its rows: segment-major, segments in row order, covering the row. */
+  readonly segments: readonly KvSegment[];
   /** Bytes per stored element. @defaultValue 4 (float32 storage) */
   readonly dtypeBytes: number;
   /** Elements of one token's row in one layer. */
@@ -87,10 +101,11 @@ function positiveInt(name: string, v: number): number {
   return v;
 }
 
-function sizes(numLayers: number, elementsPerToken: number, dtypeBytes: number): KvLayoutSizes {
+function sizes(numLayers: number, elementsPerToken: number, dtypeBytes: number, segments: readonly KvSegment[] = [{ offset: 0, length: elementsPerToken }]): KvLayoutSizes {
   const bytesPerTokenPerLayer = elementsPerToken * dtypeBytes;
   return {
     numLayers,
+    segments: Object.freeze(segments.map((x) => Object.freeze({ ...x }))),
     dtypeBytes,
     elementsPerToken,
     bytesPerTokenPerLayer,
@@ -109,9 +124,12 @@ export function gqaLayout(spec: GqaLayoutSpec): GqaLayout {
   const dtypeBytes = positiveInt('dtypeBytes', spec.dtypeBytes ?? KV_FLOAT32_BYTES);
   // [K: numKvHeads·headDim | V: numKvHeads·vHeadDim]; = 2·numKvHeads·headDim when vHeadDim = headDim.
   const elementsPerToken = numKvHeads * (headDim + vHeadDim);
+  const segments: KvSegment[] = [];
+  for (let h = 0; h < numKvHeads; h++) segments.push({ offset: h * headDim, length: headDim });
+  for (let h = 0; h < numKvHeads; h++) segments.push({ offset: numKvHeads * headDim + h * vHeadDim, length: vHeadDim });
   return Object.freeze({
     kind: 'gqa',
-    ...sizes(numLayers, elementsPerToken, dtypeBytes),
+    ...sizes(numLayers, elementsPerToken, dtypeBytes, segments),
     numKvHeads,
     headDim,
     vHeadDim,

@@ -86,6 +86,11 @@ export class KvCacheManager {
   readonly rowElements: number;
 
   private readonly initialBlocks: number;
+  // The layout's block segments (layout.ts "Blocks"), flat for the copy loops: segment s covers
+  // row elements [segRow[s], segRow[s] + segLen[s]). rowMajor: one segment, blocks hold plain rows.
+  private readonly segRow: Int32Array;
+  private readonly segLen: Int32Array;
+  private readonly rowMajor: boolean;
   // Per sequence slot, index = seqId. tables[id] has capacity >= blockCounts[id]; entries past
   // blockCounts[id] are stale. views[id] caches blockTable(id), null when it must be rebuilt.
   private readonly tables: Int32Array[] = [];
@@ -121,6 +126,9 @@ export class KvCacheManager {
     this.blockSize = pool.blockSize;
     this.elementsPerToken = pool.elementsPerToken;
     this.rowElements = pool.elementsPerToken;
+    this.segRow = Int32Array.from(this.layout.segments, (x) => x.offset);
+    this.segLen = Int32Array.from(this.layout.segments, (x) => x.length);
+    this.rowMajor = this.segRow.length === 1;
     this.initialBlocks = blocks;
     this.blockCounts = new Int32Array(slots);
     this.tokenCounts = new Int32Array(slots);
@@ -411,8 +419,14 @@ export class KvCacheManager {
       const id = this.pool.allocate();
       const src = parentTable[full] * this.pool.blockElements;
       const dst = id * this.pool.blockElements;
-      const len = partialRows * this.elementsPerToken;
-      for (const storage of this.pool.layers) copyElements(storage, dst, storage, src, len);
+      const bs = this.blockSize;
+      for (const storage of this.pool.layers) {
+        // the first partialRows rows of every segment
+        for (let sg = 0; sg < this.segRow.length; sg++) {
+          const at = bs * this.segRow[sg];
+          copyElements(storage, dst + at, storage, src + at, partialRows * this.segLen[sg]);
+        }
+      }
       table[full] = id;
     }
     this.blockCounts[child] = need;
@@ -467,8 +481,9 @@ export class KvCacheManager {
   }
 
   /**
-   * Copies a cached block out: its token ids to outTokens [blockSize] and its rows in every layer to
-   * outData [numLayers, blockSize, elementsPerToken] (the KvBlockPayload format). For the tier's
+   * Copies a cached block out: its token ids to outTokens [blockSize] and every layer's block, as
+   * the pool stores it, to outData [numLayers, blockSize · elementsPerToken] (the KvBlockPayload
+   * format). For the tier's
    * write-behind; allocates nothing.
    * @throws ServerError('internal') for a block with no hash or outputs of the wrong size.
    */
@@ -543,26 +558,53 @@ export class KvCacheManager {
   gather(layer: number, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array): void {
     this.checkLayer(layer);
     const ept = this.elementsPerToken;
-    if (!Number.isInteger(numSeqs) || numSeqs < 0 || numSeqs > seqIds.length || numSeqs > lengths.length) {
-      throw new ServerError('internal', `KvCacheManager.gather: numSeqs ${numSeqs} exceeds seqIds (${seqIds.length}) or lengths (${lengths.length})`);
-    }
-    if (!Number.isInteger(maxLen) || maxLen < 0 || numSeqs * maxLen * ept > out.length) {
+    this.checkGather('gather', seqIds, numSeqs, lengths, maxLen);
+    if (numSeqs * maxLen * ept > out.length) {
       throw new ServerError('internal', `KvCacheManager.gather: out of ${out.length} elements is smaller than [${numSeqs}, ${maxLen}, ${ept}]`);
-    }
-    // Validate every sequence before writing anything.
-    for (let b = 0; b < numSeqs; b++) {
-      const seqId = seqIds[b];
-      this.checkLive(seqId);
-      const len = lengths[b];
-      if (len < 0 || len > maxLen || len > this.blockCounts[seqId] * this.blockSize) {
-        throw new ServerError('internal', `KvCacheManager.gather: length ${len} of sequence ${seqId} is outside [0, min(maxLen ${maxLen}, capacity ${this.blockCounts[seqId] * this.blockSize})]`);
-      }
     }
     const storage = this.pool.layers[layer];
     const seqStride = maxLen * ept;
     for (let b = 0; b < numSeqs; b++) {
       const seqId = seqIds[b];
       this.copyRuns(storage, this.tables[seqId], 0, lengths[b], out, b * seqStride, false);
+    }
+  }
+
+  /**
+   * Batches one layer's cache head-major, for GQA attention: for each b < numSeqs and KV head h,
+   * K of rows 0..lengths[b] of sequence seqIds[b] goes to outK[b, h, 0..lengths[b], :] and V to
+   * outV[b, h, 0..lengths[b], :]; outK [numSeqs, numKvHeads, maxLen, headDim], outV
+   * [numSeqs, numKvHeads, maxLen, vHeadDim]. Blocks store heads contiguously (layout.ts
+   * "Blocks"), so each (sequence, block, head) is one copy. Slots at or past lengths[b] are left
+   * as they are (the caller keeps them finite, as for gather).
+   */
+  gatherHeads(layer: number, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, outK: Float32Array, outV: Float32Array): void {
+    this.checkLayer(layer);
+    const layout = this.layout;
+    if (layout.kind !== 'gqa') throw new ServerError('internal', `KvCacheManager.gatherHeads: a ${layout.kind} cache has no KV heads`);
+    const g = layout.numKvHeads;
+    this.checkGather('gatherHeads', seqIds, numSeqs, lengths, maxLen);
+    if (numSeqs * g * maxLen * layout.headDim > outK.length || numSeqs * g * maxLen * layout.vHeadDim > outV.length) {
+      throw new ServerError('internal', `KvCacheManager.gatherHeads: outputs of ${outK.length} and ${outV.length} elements are smaller than [${numSeqs}, ${g}, ${maxLen}, ${layout.headDim} | ${layout.vHeadDim}]`);
+    }
+    const storage = this.pool.layers[layer];
+    const bs = this.blockSize;
+    const blockElements = this.pool.blockElements;
+    const segRow = this.segRow;
+    const segLen = this.segLen;
+    for (let b = 0; b < numSeqs; b++) {
+      const table = this.tables[seqIds[b]];
+      const len = lengths[b];
+      for (let i = 0, pos = 0; pos < len; i++, pos += bs) {
+        const rows = len - pos < bs ? len - pos : bs;
+        const base = table[i] * blockElements;
+        for (let sg = 0; sg < 2 * g; sg++) {
+          const d = segLen[sg];
+          const out = sg < g ? outK : outV;
+          const head = sg < g ? sg : sg - g;
+          copyElements(out, ((b * g + head) * maxLen + pos) * d, storage, base + bs * segRow[sg], rows * d);
+        }
+      }
     }
   }
 
@@ -655,12 +697,33 @@ export class KvCacheManager {
 
   /**
    * Copies rows startPos..startPos+numRows of a block table between pool storage and a flat
-   * buffer (buf from element bufOff): into the pool when toPool, else out of it. One copy per run
-   * of physically consecutive blocks, one branch per run (not per element).
+   * buffer of rows (buf from element bufOff): into the pool when toPool, else out of it. Row-major
+   * blocks (one segment): one copy per run of physically consecutive blocks, one branch per run
+   * (not per element). Segment-major blocks (GQA heads): one copy per row and segment.
    */
   private copyRuns(storage: Float32Array, table: Int32Array, startPos: number, numRows: number, buf: Float32Array, bufOff: number, toPool: boolean): void {
     const bs = this.blockSize;
     const ept = this.elementsPerToken;
+    if (!this.rowMajor) {
+      // segment-major blocks: each row is one copy per segment
+      const blockElements = this.pool.blockElements;
+      const segRow = this.segRow;
+      const segLen = this.segLen;
+      for (let r = 0; r < numRows; r++) {
+        const pos = startPos + r;
+        const bi = (pos / bs) | 0;
+        const slot = pos - bi * bs;
+        const base = table[bi] * blockElements;
+        const row = bufOff + r * ept;
+        for (let sg = 0; sg < segRow.length; sg++) {
+          const d = segLen[sg];
+          const at = base + bs * segRow[sg] + slot * d;
+          if (toPool) copyElements(storage, at, buf, row + segRow[sg], d);
+          else copyElements(buf, row + segRow[sg], storage, at, d);
+        }
+      }
+      return;
+    }
     let pos = startPos;
     let remaining = numRows;
     while (remaining > 0) {
@@ -716,6 +779,22 @@ export class KvCacheManager {
 
   private checkLayer(layer: number): void {
     if (!(layer >= 0 && layer < this.layout.numLayers) || (layer | 0) !== layer) throw new ServerError('internal', `KvCacheManager: layer ${layer} is out of range [0, ${this.layout.numLayers})`);
+  }
+
+  /** Validates every sequence of a gather before anything is written. */
+  private checkGather(op: string, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number): void {
+    if (!Number.isInteger(numSeqs) || numSeqs < 0 || numSeqs > seqIds.length || numSeqs > lengths.length) {
+      throw new ServerError('internal', `KvCacheManager.${op}: numSeqs ${numSeqs} exceeds seqIds (${seqIds.length}) or lengths (${lengths.length})`);
+    }
+    if (!Number.isInteger(maxLen) || maxLen < 0) throw new ServerError('internal', `KvCacheManager.${op}: maxLen ${maxLen}`);
+    for (let b = 0; b < numSeqs; b++) {
+      const seqId = seqIds[b];
+      this.checkLive(seqId);
+      const len = lengths[b];
+      if (len < 0 || len > maxLen || len > this.blockCounts[seqId] * this.blockSize) {
+        throw new ServerError('internal', `KvCacheManager.${op}: length ${len} of sequence ${seqId} is outside [0, min(maxLen ${maxLen}, capacity ${this.blockCounts[seqId] * this.blockSize})]`);
+      }
+    }
   }
 
   private checkRange(op: string, seqId: number, startPos: number, numRows: number): void {

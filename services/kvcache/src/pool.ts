@@ -3,8 +3,9 @@
  *
  * A block holds `blockSize` consecutive tokens of one sequence, in every layer at once: block b is
  * the same slot range in each layer's storage. Storage per layer is one Float32Array
- * [numBlocks, blockSize, elementsPerToken], row-major: block b, slot s at element offset
- * (b · blockSize + s) · elementsPerToken (row format: layout.ts).
+ * [numBlocks, blockSize · elementsPerToken]: block b at element offset b · blockSize ·
+ * elementsPerToken, its rows stored segment-major (layout.ts "Blocks": slot s of segment
+ * {offset, length} at b · blockSize · elementsPerToken + blockSize · offset + s · length).
  *
  * Bookkeeping lives in preallocated typed arrays (avoid GC; no objects or Array.splice per block),
  * after vLLM's FreeKVCacheBlockQueue:
@@ -36,7 +37,7 @@ export class BlockPool {
   readonly elementsPerToken: number;
   /** Elements of one block in one layer: blockSize · elementsPerToken. */
   readonly blockElements: number;
-  /** layers[l]: Float32Array [numBlocks, blockSize, elementsPerToken], row-major. */
+  /** layers[l]: Float32Array [numBlocks, blockSize · elementsPerToken], each block segment-major. */
   readonly layers: readonly Float32Array[];
 
   // Free list: doubly linked through prev/next; node `sentinel` (= numBlocks) is head and tail.

@@ -28,8 +28,9 @@
  *          4   u32 blockSize B          8  u32 numLayers L          12 u32 elementsPerToken E
  *          16  f64 the block's chain hash (must equal the key's)
  *          24  i32[B] the block's token ids (checked again by matchPrefix: a collision is a miss)
- *          24 + 4·B   f32[L][B][E] the block's rows in every layer, row-major, in the pool's row
- *                     format (layout.ts: GQA [K | V], MLA [c_kv | k_pe]).
+ *          24 + 4·B   f32[L][B·E] the block in every layer as the pool stores it: segment-major
+ *                     (layout.ts "Blocks": GQA head by head, K heads then V heads, each [B, headDim];
+ *                     MLA rows [c_kv | k_pe]).
  *   The header in front of the raw rows (88 bytes of a 160 KiB dsv2-perf block of 16 tokens) makes
  *   a value self-checking: a truncated, foreign or colliding value is a miss, never rows in the pool.
  *
@@ -63,7 +64,7 @@ import { NO_BLOCK } from './pool.js';
 /** "MKV1" read as a little-endian u32. */
 export const VALUE_MAGIC = 0x31564b4d;
 /** Bumped when the value layout or the hash function changes (it is part of the fingerprint). */
-export const VALUE_FORMAT = 1;
+export const VALUE_FORMAT = 2;
 
 /** What the tier logs through (a pino Logger fits). */
 export interface KvTierLogger {

@@ -103,8 +103,8 @@ export interface PrefixMatch {
 
 /**
  * One full block as the shared tier returns it, ready for installBlocks.
- * tokens: Int32Array [blockSize]; data: Float32Array [numLayers, blockSize, elementsPerToken],
- * row-major (each layer's rows in the pool's row format, layout.ts).
+ * tokens: Int32Array [blockSize]; data: Float32Array [numLayers, blockSize · elementsPerToken],
+ * each layer's block as the pool stores it (segment-major, layout.ts "Blocks").
  */
 export interface KvBlockPayload {
   readonly hash: number;

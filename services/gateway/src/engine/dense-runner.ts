@@ -22,7 +22,7 @@ import { RopeTable } from '../../../model/src/graphs/rope.js';
 import type { WeightSource } from '../../../model/src/graphs/source.js';
 import * as W from '../../../model/src/names.js';
 import { GraphBuilder } from '../../../model/src/onnx/graph.js';
-import { f32, i64, OrtSession, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
+import { f32, i64, OrtSession, type Feed, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
 import { GateScratch, route } from '../../../../router/src/gating.js';
 import type { RoutedExperts } from '../../../../router/src/types.js';
 
@@ -31,6 +31,8 @@ export interface KvStore {
   readonly rowElements: number;
   /** Copies each sequence's first lengths[b] rows of `layer` into out [numSeqs, maxLen, E]. */
   gather(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array): void;
+  /** GQA caches: the same rows head-major, K into outK [numSeqs, g, maxLen, D] and V into outV alike. */
+  gatherHeads(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, outK: Float32Array, outV: Float32Array): void;
   /** Writes numRows rows (src rows srcRow..) into the sequence's slots startPos.. (capacity ensured by the caller). */
   writeRows(layer: number, seqId: number, startPos: number, src: Float32Array, srcRow: number, numRows: number): void;
 }
@@ -177,6 +179,8 @@ export class DenseRunner {
   private readonly cos = new Grow();
   private readonly sin = new Grow();
   private readonly past = new Grow();
+  private readonly pastK = new Grow();
+  private readonly pastV = new Grow();
   private readonly headIn = new Grow();
   /** When set, forward() accumulates per-unit wall time here (benchmarks only). */
   profile: StepProfile | null = null;
@@ -382,12 +386,21 @@ export class DenseRunner {
     const X = this.cfg.moe.nRoutedExperts;
     const { B, T, P, L, first, n } = g;
 
-    // past [B, P, E] from the KV pool
+    // The past from the KV pool: GQA head-major K and V [B, g, P, D]; MLA rows [B, P, E].
     this.mark(null);
-    const past = this.past.take(B * P * E);
-    if (P > 0) {
-      if (!kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
-      kv.gather(layer, g.kvSeqIds, B, g.pastLens, P, past);
+    if (P > 0 && !kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
+    const a = this.cfg.attention;
+    let pastFeeds: Record<string, Feed>;
+    if (a.kind === 'gqa') {
+      const dims = [B, a.numKvHeads, P, a.headDim];
+      const pastK = this.pastK.take(B * P * a.numKvHeads * a.headDim);
+      const pastV = this.pastV.take(B * P * a.numKvHeads * a.headDim);
+      if (P > 0) kv!.gatherHeads(layer, g.kvSeqIds, B, g.pastLens, P, pastK, pastV);
+      pastFeeds = { past_k: f32(pastK, dims), past_v: f32(pastV, dims) };
+    } else {
+      const past = this.past.take(B * P * E);
+      if (P > 0) kv!.gather(layer, g.kvSeqIds, B, g.pastLens, P, past);
+      pastFeeds = { past: f32(past, [B, P, E]) };
     }
     this.mark('kv_gather');
     const mask = maskFor(g, window);
@@ -396,8 +409,8 @@ export class DenseRunner {
       hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
       cos: f32(cos.subarray(first * R, (first + n) * R), [n, R]),
       sin: f32(sin.subarray(first * R, (first + n) * R), [n, R]),
-      past: f32(past, [B, P, E]),
       mask: f32(mask, [B, T, L]),
+      ...pastFeeds,
     };
     const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
     const res = session.run(feeds, outs);

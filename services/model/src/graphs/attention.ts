@@ -11,7 +11,8 @@
  * Inputs (every variant):
  *   hidden  float32 [N, H]      residual stream rows, sequence-major (row = b·T + t)
  *   cos,sin float32 [N, R]      RoPE rows for each row's absolute position (RopeTable's layout)
- *   past    float32 [B, P, E]   this layer's cache rows gathered from the KV pool (P may be 0)
+ *   past    float32 [B, P, E]   MLA: this layer's cache rows gathered from the KV pool (P may be 0)
+ *   past_k, past_v float32 [B, g, P, D]  GQA: the same, head-major (KvCacheManager.gatherHeads)
  *   mask    float32 [B, T, L]   additive: 0 visible, -1e30 hidden (causality, padding, windows)
  * Outputs:
  *   hidden_out float32 [N, H]   hidden + attention
@@ -85,7 +86,7 @@ function optionalBias(g: GraphBuilder, ws: WeightSource, name: string, present: 
   return present ? weight(g, ws, name, [n]) : undefined;
 }
 
-/** Declares the shared inputs; returns their names. E: the KV layout's row elements. */
+/** Declares the inputs every variant has (not the past); returns their names. E: the KV layout's row elements. */
 function declareInputs(g: GraphBuilder, cfg: MoeModelConfig, E: number) {
   assertRowElements(cfg, E);
   const H = cfg.hiddenSize;
@@ -94,7 +95,6 @@ function declareInputs(g: GraphBuilder, cfg: MoeModelConfig, E: number) {
     hidden: g.input('hidden', DT.FLOAT, ['N', H]),
     cos: g.input('cos', DT.FLOAT, ['N', R]),
     sin: g.input('sin', DT.FLOAT, ['N', R]),
-    past: g.input('past', DT.FLOAT, ['B', 'P', E]),
     mask: g.input('mask', DT.FLOAT, ['B', 'T', 'L']),
   };
 }
@@ -119,9 +119,9 @@ function matmulT(g: GraphBuilder, a: string, b: string): string {
   return g.node('FusedMatMul', [a, b], { transB: 1 }, 1, 'com.microsoft')[0]!;
 }
 
-/** Splits [..., L] along the last axis into the past part [..., P] and this step's [..., T]. */
-function splitPastNew(g: GraphBuilder, x: string, past: string, mask: string): [string, string] {
-  const sizes = g.concat([g.shape(past, 1, 2), g.shape(mask, 1, 2)], 0); // [P, T]
+/** Splits [..., L] along the last axis into the past part [..., P] and this step's [..., T]; pLen: [P]. */
+function splitPastNew(g: GraphBuilder, x: string, pLen: string, mask: string): [string, string] {
+  const sizes = g.concat([pLen, g.shape(mask, 1, 2)], 0); // [P, T]
   return g.node('Split', [x, sizes], { axis: -1 }, 2) as [string, string];
 }
 
@@ -164,12 +164,12 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   }
   g.output(g.reshape(g.concat([k, v], 1), [0, 2 * kvh * D]), 'kv_new'); // [N, 2·g·D]: the cache row [K | V]
 
-  // The past is attended where it lies, and this step's keys and values beside it: scores and
-  // weighted values are computed in two parts ([past | new] along the key axis), so the window is
-  // never concatenated and keys are never transposed (q·Kᵀ is a FusedMatMul with transB). The
-  // past's only copy in the graph is one transpose of D-float blocks to head-major.
-  const pastH = g.transpose(g.reshape(inp.past, [0, 0, 2 * kvh, D]), [0, 2, 1, 3]); // [B, 2g, P, D]
-  const [pk, pv] = g.split(pastH, 1, [kvh, kvh]) as [string, string]; // [B, g, P, D] each
+  // The past is attended where it lies (the pool gathers it head-major), and this step's keys and
+  // values beside it: scores and weighted values are computed in two parts ([past | new] along
+  // the key axis), so the window is never concatenated and nothing of the past is copied in the
+  // graph (q·Kᵀ is a FusedMatMul with transB).
+  const pk = g.input('past_k', DT.FLOAT, ['B', kvh, 'P', D]);
+  const pv = g.input('past_v', DT.FLOAT, ['B', kvh, 'P', D]);
   const toBgTD = (x: string) => g.transpose(g.reshape(x, btShape(g, inp.mask, [kvh, D])), [0, 2, 1, 3]); // [N, g, D] -> [B, g, T, D]
   const kN = toBgTD(k);
   const vN = toBgTD(v);
@@ -179,7 +179,7 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const scores = g.scale(g.concat([matmulT(g, qG, pk), matmulT(g, qG, kN)], 3), cfg.softmaxScale); // [B, g, G·T, L]
   const s5 = g.reshape(scores, g.concat([g.shape(q5, 0, 4), g.shape(inp.mask, 2, 3)], 0)); // [B, g, G, T, L]
   const probs = g.softmax(g.add(s5, g.unsqueeze(inp.mask, [1, 2])), -1);
-  const [pPast, pNew] = splitPastNew(g, g.reshape(probs, g.shape(scores)), inp.past, inp.mask);
+  const [pPast, pNew] = splitPastNew(g, g.reshape(probs, g.shape(scores)), g.shape(pk, 2, 3), inp.mask);
   const ctx = g.add(g.matmul(pPast, pv), g.matmul(pNew, vN)); // [B, g, G·T, D]
   const ctx5 = g.reshape(ctx, g.shape(q5)); // [B, g, G, T, D]
   const attnOut = g.reshape(g.transpose(ctx5, [0, 3, 1, 2, 4]), [-1, h * D]); // [N, h·D]
@@ -192,7 +192,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const H = cfg.hiddenSize;
   const { numHeads: h, kvLoraRank: C, qkNopeHeadDim: Dn, qkRopeHeadDim: R, vHeadDim: Dv } = a;
   const Dq = Dn + R;
-  const inp = declareInputs(g, cfg, kvRowElements);
+  const inp = { ...declareInputs(g, cfg, kvRowElements), past: g.input('past', DT.FLOAT, ['B', 'P', C + R]) };
   const bias = a.attentionBias;
 
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
@@ -245,7 +245,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const newU = g.unsqueeze(latNew, [1]); // [B, 1, T, C+R]
     const scores = g.concat([matmulT(g, qCat, pastU), matmulT(g, qCat, newU)], 3); // [B, h, T, L]
     const probs = g.softmax(g.add(g.scale(scores, cfg.softmaxScale), maskB), -1); // [B, h, T, L]
-    const [pPast, pNew] = splitPastNew(g, probs, inp.past, inp.mask);
+    const [pPast, pNew] = splitPastNew(g, probs, g.shape(inp.past, 1, 2), inp.mask);
     const ctxLat = g.add(g.matmul(pPast, pastU), g.matmul(pNew, newU)); // [B, h, T, C+R]
     ctx = g.matmul(g.slice(ctxLat, 3, 0, C), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
   }
