@@ -16,7 +16,8 @@
  */
 import { GraphBuilder } from '../services/model/src/onnx/graph.js';
 import { DT } from '../services/model/src/onnx/proto.js';
-import { projection } from '../services/model/src/graphs/linear.js';
+import { matMulNBits8, projection } from '../services/model/src/graphs/linear.js';
+import { fillNormal, tensorRng } from '../services/model/src/checkpoint/random.js';
 import { quantizeInt8 } from '../services/model/src/quant/int8.js';
 import { DEFAULT_RUNTIME, f32, OrtSession } from '../services/model/src/runtime/onnx.js';
 import { median, table } from './lib/perf-models.js';
@@ -45,13 +46,8 @@ const LABEL: Record<Form, string> = {
 };
 
 function gaussian(n: number, seed: number, sd: number): Float32Array {
-  let s = seed >>> 0;
-  const u = () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return (s + 0.5) / 2 ** 32;
-  };
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = sd * Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+  fillNormal(out, tensorRng(seed, 'bench:int8-kernels'), 0, sd);
   return out;
 }
 
@@ -59,12 +55,8 @@ function gaussian(n: number, seed: number, sd: number): Float32Array {
 function linear(g: GraphBuilder, x: string, form: Form, w: Float32Array, N: number, K: number, name: string): string {
   if (form === 'fp32') return projection(g, x, name, w, N, K, { quantization: 'none' });
   if (form === 'nbits32') return projection(g, x, name, w, N, K, { quantization: 'int8' });
-  if (form === 'nbits128') {
-    // The same kernel with a coarser block (bench only: moeserve builds blocks of 32).
-    const q = quantizeInt8(w, N, K, 128);
-    const inputs = [x, g.initializer(`${name}.q`, DT.UINT8, [N, q.kBlocks, q.block], q.q), g.initializer(`${name}.s`, DT.FLOAT, [N * q.kBlocks], q.scales)];
-    return g.node('MatMulNBits', inputs, { K, N, bits: 8, block_size: 128, accuracy_level: 4 }, 1, 'com.microsoft')[0]!;
-  }
+  // The same kernel with a coarser block (bench only: moeserve builds blocks of 32).
+  if (form === 'nbits128') return matMulNBits8(g, x, name, quantizeInt8(w, N, K, 128));
   // int8 weights [K, N], symmetric per output channel; activations uint8 per tensor (in the kernel)
   const b = new Int8Array(K * N);
   const scales = new Float32Array(N);

@@ -11,7 +11,7 @@
  */
 import { type GraphBuilder } from '../onnx/graph.js';
 import { DT } from '../onnx/proto.js';
-import { quantizeInt8 } from '../quant/int8.js';
+import { quantizeInt8, type Int8Blocks } from '../quant/int8.js';
 import { f32ToF16 } from '../../../common/src/half.js';
 
 /** Weight format of the linear projections. @defaultValue 'none' (fp32, as in the checkpoint) */
@@ -36,13 +36,17 @@ export function projection(g: GraphBuilder, x: string, name: string, w: Float32A
     const y = g.node('Cast', [y16], { to: DT.FLOAT })[0]!;
     return bias ? g.add(y, bias) : y;
   }
-  const q = quantizeInt8(w, N, K);
-  const y = g.node(
+  const y = matMulNBits8(g, x, name, quantizeInt8(w, N, K));
+  return bias ? g.add(y, bias) : y;
+}
+
+/** x [M, K] -> x · W^T [M, N] for int8 blocks of W (quant/int8.ts) as MatMulNBits, int8 compute. */
+export function matMulNBits8(g: GraphBuilder, x: string, name: string, q: Int8Blocks): string {
+  return g.node(
     'MatMulNBits',
-    [x, g.initializer(`${name}.q8`, DT.UINT8, [N, q.kBlocks, q.block], q.q), g.initializer(`${name}.q8_scales`, DT.FLOAT, [N * q.kBlocks], q.scales)],
-    { K, N, bits: 8, block_size: q.block, accuracy_level: 4 },
+    [x, g.initializer(`${name}.q8`, DT.UINT8, [q.N, q.kBlocks, q.block], q.q), g.initializer(`${name}.q8_scales`, DT.FLOAT, [q.N * q.kBlocks], q.scales)],
+    { K: q.K, N: q.N, bits: 8, block_size: q.block, accuracy_level: 4 },
     1,
     'com.microsoft',
   )[0]!;
-  return bias ? g.add(y, bias) : y;
 }
