@@ -390,28 +390,26 @@ export class DenseRunner {
     this.mark(null);
     if (P > 0 && !kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
     const a = this.cfg.attention;
-    let pastFeeds: Record<string, Feed>;
+    const feeds: Record<string, Feed> = {};
     if (a.kind === 'gqa') {
       const dims = [B, a.numKvHeads, P, a.headDim];
       const pastK = this.pastK.take(B * P * a.numKvHeads * a.headDim);
       const pastV = this.pastV.take(B * P * a.numKvHeads * a.headDim);
       if (P > 0) kv!.gatherHeads(layer, g.kvSeqIds, B, g.pastLens, P, pastK, pastV);
-      pastFeeds = { past_k: f32(pastK, dims), past_v: f32(pastV, dims) };
+      feeds.past_k = f32(pastK, dims);
+      feeds.past_v = f32(pastV, dims);
     } else {
       const past = this.past.take(B * P * E);
       if (P > 0) kv!.gather(layer, g.kvSeqIds, B, g.pastLens, P, past);
-      pastFeeds = { past: f32(past, [B, P, E]) };
+      feeds.past = f32(past, [B, P, E]);
     }
     this.mark('kv_gather');
     const mask = maskFor(g, window);
     this.mark('mask');
-    const feeds = {
-      hidden: f32(hidden.subarray(first * H, (first + n) * H), [n, H]),
-      cos: f32(cos.subarray(first * R, (first + n) * R), [n, R]),
-      sin: f32(sin.subarray(first * R, (first + n) * R), [n, R]),
-      mask: f32(mask, [B, T, L]),
-      ...pastFeeds,
-    };
+    feeds.hidden = f32(hidden.subarray(first * H, (first + n) * H), [n, H]);
+    feeds.cos = f32(cos.subarray(first * R, (first + n) * R), [n, R]);
+    feeds.sin = f32(sin.subarray(first * R, (first + n) * R), [n, R]);
+    feeds.mask = f32(mask, [B, T, L]);
     const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
     const res = session.run(feeds, outs);
     this.mark('attention');

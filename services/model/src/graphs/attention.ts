@@ -192,7 +192,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const H = cfg.hiddenSize;
   const { numHeads: h, kvLoraRank: C, qkNopeHeadDim: Dn, qkRopeHeadDim: R, vHeadDim: Dv } = a;
   const Dq = Dn + R;
-  const inp = { ...declareInputs(g, cfg, kvRowElements), past: g.input('past', DT.FLOAT, ['B', 'P', C + R]) };
+  const inp = { ...declareInputs(g, cfg, kvRowElements), past: g.input('past', DT.FLOAT, ['B', 'P', kvRowElements]) };
   const bias = a.attentionBias;
 
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
