@@ -330,4 +330,56 @@ describe.each([
     }
     expectServerError(() => kv.gatherHeads(0, [A], 1, Int32Array.of(33), 33, new Float32Array(10), new Float32Array(10)), 'internal', /smaller than/);
   });
+
+  it('with `from`, gather and gatherHeads copy rows from[b]..lengths[b] only (starting inside a block), and refuse from > length', () => {
+    const { kv, A, B, C, lengths, E } = roundTripScenario(layout);
+    const maxLen = 33;
+    const from = Int32Array.of(6, 0, 1); // A from inside its second block; B whole; C nothing
+    const visible = (b: number, pos: number) => pos >= from[b]! && pos < lengths[b]!;
+    const out = new Float32Array(3 * maxLen * E).fill(SENTINEL);
+    kv.gather(1, Int32Array.of(A, B, C), 3, Int32Array.from(lengths), maxLen, out, from);
+    [A, B, C].forEach((seq, b) => {
+      for (let pos = 0; pos < maxLen; pos++) {
+        for (let e = 0; e < E; e++) expect(out[(b * maxLen + pos) * E + e]).toBe(visible(b, pos) ? rowValue(1, seq, pos, e) : SENTINEL);
+      }
+    });
+    expectServerError(() => kv.gather(1, [B], 1, Int32Array.of(7), 7, out, Int32Array.of(8)), 'internal', /from 8 of sequence/);
+    if (layout.kind !== 'gqa') return;
+    const { numKvHeads: g, headDim: D, vOffset } = layout;
+    const outK = new Float32Array(3 * g * maxLen * D).fill(SENTINEL);
+    const outV = new Float32Array(3 * g * maxLen * D).fill(SENTINEL);
+    kv.gatherHeads(1, Int32Array.of(A, B, C), 3, Int32Array.from(lengths), maxLen, outK, outV, from);
+    [A, B, C].forEach((seq, b) => {
+      for (let h = 0; h < g; h++) {
+        for (let pos = 0; pos < maxLen; pos++) {
+          for (let d = 0; d < D; d++) {
+            const i = ((b * g + h) * maxLen + pos) * D + d;
+            expect(outK[i]).toBe(visible(b, pos) ? rowValue(1, seq, pos, h * D + d) : SENTINEL);
+            expect(outV[i]).toBe(visible(b, pos) ? rowValue(1, seq, pos, vOffset + h * D + d) : SENTINEL);
+          }
+        }
+      }
+    });
+  });
+});
+
+describe('KvCacheManager epochs', () => {
+  it('an id gets a new epoch when created again or rolled back, never when rows are appended', () => {
+    const kv = makeManager();
+    const a = kv.createSequence();
+    const e0 = kv.epoch(a);
+    expect(kv.ensureCapacity(a, 8)).toBe(true);
+    kv.advance(a, 5);
+    kv.setNumTokens(a, 7);
+    expect(kv.epoch(a)).toBe(e0);
+    kv.setNumTokens(a, 6); // rollback: rows from 6 on will be rewritten
+    const e1 = kv.epoch(a);
+    expect(e1).not.toBe(e0);
+    kv.freeSequence(a);
+    expectServerError(() => kv.epoch(a), 'internal', /unknown or freed/);
+    expect(kv.createSequence()).toBe(a); // the same id, reused
+    expect([e0, e1]).not.toContain(kv.epoch(a));
+    kv.reset();
+    expect([e0, e1]).not.toContain(kv.epoch(kv.createSequence()));
+  });
 });

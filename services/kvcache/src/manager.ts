@@ -103,6 +103,10 @@ export class KvCacheManager {
   private frozenBlocks: Int32Array;
   private lastHashes: Float64Array;
   private live: Uint8Array;
+  // Which incarnation of the id holds the slot: a new value on every create and rollback, so a
+  // reader that copied rows [0, n) earlier can tell whether they are still the sequence's rows.
+  private epochs: Float64Array;
+  private nextEpoch = 1;
   // Released sequence ids, a stack: the last released id is reused first.
   private freeIds: Int32Array;
   private numFreeIds = 0;
@@ -136,6 +140,7 @@ export class KvCacheManager {
     this.frozenBlocks = new Int32Array(slots);
     this.lastHashes = new Float64Array(slots);
     this.live = new Uint8Array(slots);
+    this.epochs = new Float64Array(slots);
     this.blockTokens = new Int32Array(pool.numBlocks * pool.blockSize);
     this.freeIds = new Int32Array(slots);
   }
@@ -165,8 +170,20 @@ export class KvCacheManager {
       }
     }
     this.live[id] = 1;
+    this.epochs[id] = this.nextEpoch++;
     this.liveCount++;
     return id;
+  }
+
+  /**
+   * The sequence's incarnation: changes whenever rows the id held before may differ (the id was
+   * freed and created again, or rolled back with setNumTokens), never while rows are only
+   * appended. Rows [0, n) copied out under one epoch are still the sequence's rows while
+   * epoch(seqId) returns the same value.
+   */
+  epoch(seqId: number): number {
+    this.checkLive(seqId);
+    return this.epochs[seqId];
   }
 
   /**
@@ -244,6 +261,7 @@ export class KvCacheManager {
     if (n < this.frozenBlocks[seqId] * this.blockSize) {
       throw new ServerError('internal', `KvCacheManager.setNumTokens: cannot roll sequence ${seqId} back to ${n} tokens, into its ${this.frozenBlocks[seqId]} shared or cached blocks`);
     }
+    if (n < this.tokenCounts[seqId]) this.epochs[seqId] = this.nextEpoch++; // rows from n on will be rewritten
     this.tokensTotal += n - this.tokenCounts[seqId];
     this.tokenCounts[seqId] = n;
   }
@@ -550,23 +568,24 @@ export class KvCacheManager {
 
   /**
    * Batches one layer's cache for attention: for each b < numSeqs, rows 0..lengths[b] of sequence
-   * seqIds[b] go to out[b, 0..lengths[b], :].
+   * seqIds[b] go to out[b, 0..lengths[b], :] (rows from[b]..lengths[b] when `from` is given: the
+   * caller holds the others already).
    * out: Float32Array [numSeqs, maxLen, elementsPerToken], row-major. Rows at or past lengths[b]
    * are left as they are: the attention mask hides them, so the caller keeps them finite (an
    * additive -inf mask does not hide NaN).
    */
-  gather(layer: number, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array): void {
+  gather(layer: number, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array, from: Int32Array | null = null): void {
     this.checkLayer(layer);
     const ept = this.elementsPerToken;
-    this.checkGather('gather', seqIds, numSeqs, lengths, maxLen);
+    this.checkGather('gather', seqIds, numSeqs, lengths, maxLen, from);
     if (numSeqs * maxLen * ept > out.length) {
       throw new ServerError('internal', `KvCacheManager.gather: out of ${out.length} elements is smaller than [${numSeqs}, ${maxLen}, ${ept}]`);
     }
     const storage = this.pool.layers[layer];
     const seqStride = maxLen * ept;
     for (let b = 0; b < numSeqs; b++) {
-      const seqId = seqIds[b];
-      this.copyRuns(storage, this.tables[seqId], 0, lengths[b], out, b * seqStride, false);
+      const start = from === null ? 0 : from[b];
+      this.copyRuns(storage, this.tables[seqIds[b]], start, lengths[b] - start, out, b * seqStride + start * ept, false);
     }
   }
 
@@ -576,14 +595,15 @@ export class KvCacheManager {
    * outV[b, h, 0..lengths[b], :]; outK [numSeqs, numKvHeads, maxLen, headDim], outV
    * [numSeqs, numKvHeads, maxLen, vHeadDim]. Blocks store heads contiguously (layout.ts
    * "Blocks"), so each (sequence, block, head) is one copy. Slots at or past lengths[b] are left
-   * as they are (the caller keeps them finite, as for gather).
+   * as they are (the caller keeps them finite, as for gather); with `from`, so are slots before
+   * from[b].
    */
-  gatherHeads(layer: number, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, outK: Float32Array, outV: Float32Array): void {
+  gatherHeads(layer: number, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, outK: Float32Array, outV: Float32Array, from: Int32Array | null = null): void {
     this.checkLayer(layer);
     const layout = this.layout;
     if (layout.kind !== 'gqa') throw new ServerError('internal', `KvCacheManager.gatherHeads: a ${layout.kind} cache has no KV heads`);
     const g = layout.numKvHeads;
-    this.checkGather('gatherHeads', seqIds, numSeqs, lengths, maxLen);
+    this.checkGather('gatherHeads', seqIds, numSeqs, lengths, maxLen, from);
     if (numSeqs * g * maxLen * layout.headDim > outK.length || numSeqs * g * maxLen * layout.vHeadDim > outV.length) {
       throw new ServerError('internal', `KvCacheManager.gatherHeads: outputs of ${outK.length} and ${outV.length} elements are smaller than [${numSeqs}, ${g}, ${maxLen}, ${layout.headDim} | ${layout.vHeadDim}]`);
     }
@@ -595,15 +615,19 @@ export class KvCacheManager {
     for (let b = 0; b < numSeqs; b++) {
       const table = this.tables[seqIds[b]];
       const len = lengths[b];
-      for (let i = 0, pos = 0; pos < len; i++, pos += bs) {
-        const rows = len - pos < bs ? len - pos : bs;
+      // block by block from the block holding row `start`; the first may be entered mid-way
+      for (let pos = from === null ? 0 : from[b]; pos < len; ) {
+        const i = (pos / bs) | 0;
+        const slot = pos - i * bs;
+        const rows = len - pos < bs - slot ? len - pos : bs - slot;
         const base = table[i] * blockElements;
         for (let sg = 0; sg < 2 * g; sg++) {
           const d = segLen[sg];
           const out = sg < g ? outK : outV;
           const head = sg < g ? sg : sg - g;
-          copyElements(out, ((b * g + head) * maxLen + pos) * d, storage, base + bs * segRow[sg], rows * d);
+          copyElements(out, ((b * g + head) * maxLen + pos) * d, storage, base + bs * segRow[sg] + slot * d, rows * d);
         }
+        pos += rows;
       }
     }
   }
@@ -758,6 +782,7 @@ export class KvCacheManager {
     this.tokenCounts = grow(this.tokenCounts, (k) => new Int32Array(k));
     this.hashedBlocks = grow(this.hashedBlocks, (k) => new Int32Array(k));
     this.frozenBlocks = grow(this.frozenBlocks, (k) => new Int32Array(k));
+    this.epochs = grow(this.epochs, (k) => new Float64Array(k));
     this.lastHashes = grow(this.lastHashes, (k) => new Float64Array(k));
     this.live = grow(this.live, (k) => new Uint8Array(k));
     this.freeIds = grow(this.freeIds, (k) => new Int32Array(k));
@@ -782,9 +807,9 @@ export class KvCacheManager {
   }
 
   /** Validates every sequence of a gather before anything is written. */
-  private checkGather(op: string, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number): void {
-    if (!Number.isInteger(numSeqs) || numSeqs < 0 || numSeqs > seqIds.length || numSeqs > lengths.length) {
-      throw new ServerError('internal', `KvCacheManager.${op}: numSeqs ${numSeqs} exceeds seqIds (${seqIds.length}) or lengths (${lengths.length})`);
+  private checkGather(op: string, seqIds: Int32Array | readonly number[], numSeqs: number, lengths: Int32Array, maxLen: number, from: Int32Array | null): void {
+    if (!Number.isInteger(numSeqs) || numSeqs < 0 || numSeqs > seqIds.length || numSeqs > lengths.length || (from !== null && numSeqs > from.length)) {
+      throw new ServerError('internal', `KvCacheManager.${op}: numSeqs ${numSeqs} exceeds seqIds (${seqIds.length}), lengths (${lengths.length}) or from (${from?.length})`);
     }
     if (!Number.isInteger(maxLen) || maxLen < 0) throw new ServerError('internal', `KvCacheManager.${op}: maxLen ${maxLen}`);
     for (let b = 0; b < numSeqs; b++) {
@@ -794,6 +819,7 @@ export class KvCacheManager {
       if (len < 0 || len > maxLen || len > this.blockCounts[seqId] * this.blockSize) {
         throw new ServerError('internal', `KvCacheManager.${op}: length ${len} of sequence ${seqId} is outside [0, min(maxLen ${maxLen}, capacity ${this.blockCounts[seqId] * this.blockSize})]`);
       }
+      if (from !== null && (from[b] < 0 || from[b] > len)) throw new ServerError('internal', `KvCacheManager.${op}: from ${from[b]} of sequence ${seqId} is outside [0, length ${len}]`);
     }
   }
 
