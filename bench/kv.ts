@@ -7,8 +7,11 @@
  *     printed beside the ratio the byte formulas predict.
  * (b) Reuse: time to first token for a request whose 1k-token prefix is cached — in the pool, and
  *     in the Redis tier (a fresh engine, empty pool) — divided by the cold TTFT, in the same run.
+ * (c) The decoding sequences' past kept between steps (engine/decode-past.ts) vs copied out of the
+ *     pool every step (--decode-past-bytes 0): decode step time and the part spent copying the
+ *     past, batch 16 after 512-token prompts, two engines on the same prompts, rounds interleaved.
  *
- * Usage: npm run bench:kv [-- --budget-mib 1024] [--model dsv2-perf] [--reps 3]
+ * Usage: npm run bench:kv [-- --budget-mib 1024] [--model dsv2-perf] [--reps 3] [--batch 16] [--past 512] [--parts abc]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
@@ -19,6 +22,7 @@ import { RedisKvTier } from '../services/kvcache/src/redis-tier.js';
 import type { Engine, EngineRequest } from '../services/gateway/src/engine/engine.js';
 import { loadModel, type LoadedModel } from '../services/gateway/src/engine/load.js';
 import { DEFAULT_SAMPLING } from '../services/gateway/src/sampling/params.js';
+import { StepProfile } from '../services/gateway/src/engine/dense-runner.js';
 import { parseModelConfig } from '../services/model/src/config.js';
 import { DEFAULT_RUNTIME } from '../services/model/src/runtime/onnx.js';
 import fs from 'node:fs';
@@ -34,6 +38,9 @@ const arg = (name: string, dflt: string) => {
 const BUDGET = Number(arg('--budget-mib', '1024')) * 2 ** 20;
 const PRESET = arg('--model', 'dsv2-perf');
 const REPS = Number(arg('--reps', '3'));
+const PARTS = arg('--parts', 'abc');
+const BATCH = Number(arg('--batch', '16'));
+const PAST = Number(arg('--past', '512'));
 const SEQ_LEN = 1024;
 const BLOCK = 16;
 
@@ -161,7 +168,47 @@ async function reuse(dir: string): Promise<void> {
   process.stdout.write(`\n(b) TTFT with a ${SEQ_LEN}-token cached prefix (+8 new tokens), ${PRESET}, ${REPS} prefixes\n${table(rows)}\n`);
 }
 
+// ---- (c) the decode group's past kept between steps vs gathered every step
+
+async function decodePast(dir: string): Promise<void> {
+  const STEPS = 8;
+  const ROUNDS = 3;
+  const load = (decodePastBytes?: number) =>
+    loadModel(dir, { runtime: DEFAULT_RUNTIME, mlaImpl: 'auto', kvCacheBytes: 2 ** 30, maxNumSeqs: BATCH, maxBatchedTokens: 2048, maxModelLen: 2048, decodePastBytes });
+  const variants = [
+    { name: 'kept between steps', model: await load(), stepMs: [] as number[], profile: new StepProfile() },
+    { name: 'gathered every step', model: await load(0), stepMs: [] as number[], profile: new StepProfile() },
+  ];
+  const prompts = Array.from({ length: BATCH }, () => randomIds(PAST, variants[0]!.model.cfg.vocabSize));
+  for (const v of variants) {
+    const ids = new Set(prompts.map((p) => v.model.engine.add({ ...req(p), maxTokens: 100_000 })));
+    const pending = new Set(ids);
+    while (pending.size > 0) for (const ev of await v.model.engine.step()) if (ev.tokenId >= 0) pending.delete(ev.seqId);
+    for (let i = 0; i < 3; i++) await v.model.engine.step(); // warm-up
+  }
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const v of variants) {
+      v.model.runner.profile = v.profile;
+      for (let i = 0; i < STEPS; i++) {
+        const t0 = performance.now();
+        await v.model.engine.step();
+        v.stepMs.push(performance.now() - t0);
+      }
+      v.model.runner.profile = null;
+    }
+  }
+  const ref = median(variants[1]!.stepMs);
+  const rows: (string | number)[][] = [['decode past', 'step ms (median)', 'tokens/s', 'copying the past, ms/step', 'staged MiB', '÷ gathered']];
+  for (const v of variants) {
+    const ms = median(v.stepMs);
+    rows.push([v.name, ms, (BATCH * 1000) / ms, v.profile.ms.kv_gather / v.stepMs.length, v.model.runner.stagedPastBytes / 2 ** 20, ms / ref]);
+    v.model.checkpoint.close();
+  }
+  process.stdout.write(`\n(c) decode at batch ${BATCH} after ${PAST}-token prompts, ${PRESET}: ${ROUNDS} rounds x ${STEPS} steps, interleaved\n${table(rows)}\n`);
+}
+
 const dir = ensurePerfModel(PRESET);
-capacity(dir);
-await reuse(dir);
+if (PARTS.includes('a')) capacity(dir);
+if (PARTS.includes('b')) await reuse(dir);
+if (PARTS.includes('c')) await decodePast(dir);
 process.exit(0);

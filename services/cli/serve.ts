@@ -34,6 +34,8 @@ const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-
   --kv-cache-bytes N           KV-cache budget over all layers, e.g. 1GiB, 512MiB (default ${formatBytes(SIZING.kvCacheBytes)})
   --block-size N               tokens per KV block (default ${SIZING.blockSize})
   --no-enable-prefix-caching   recompute every prompt (prefix caching is on by default)
+  --decode-past-bytes N        memory that keeps decoding sequences' past between steps, so each step copies one
+                               new KV row per sequence instead of all (default ${formatBytes(SIZING.decodePastBytes)}; 0 = copy all)
   --kv-redis URL               shared KV tier in Redis (e.g. redis://127.0.0.1:6379): full blocks are written
                                there and prefixes missing from the pool are looked up before recomputing (off by default)
   --kv-redis-ttl S             lifetime of a block in the tier, seconds (default ${DEFAULT_KV_TIER.ttlMs / 1000})
@@ -93,6 +95,7 @@ const SERVE_FLAGS = {
   'max-num-batched-tokens': { type: 'string' },
   'max-waiting': { type: 'string' },
   'kv-cache-bytes': { type: 'string' },
+  'decode-past-bytes': { type: 'string' },
   'block-size': { type: 'string' },
   'no-enable-prefix-caching': { type: 'boolean', default: false },
   'kv-redis': { type: 'string' },
@@ -155,6 +158,7 @@ function engineFromFlags(values: ServeValues, runtime: RuntimeOptions, experts: 
     maxNumSeqs,
     maxBatchedTokens: positiveInt(values['max-num-batched-tokens'], '--max-num-batched-tokens'),
     prefixCaching: !values['no-enable-prefix-caching'],
+    decodePastBytes: values['decode-past-bytes'] === undefined ? undefined : parseBytes(values['decode-past-bytes'], '--decode-past-bytes'),
     experts: experts.workers > 0 || experts.workerAddrs ? experts : null,
     kvRedis: values['kv-redis']
       ? {

@@ -4,6 +4,8 @@
  * - cached incremental decode equals the fixtures (ids exact, logits within tolerance);
  * - a batch of mixed lengths (1, 7 and 33 tokens together) gives what each gives alone;
  * - MLA absorbed equals MLA naive;
+ * - keeping the decode group's past between steps equals gathering it every step, while
+ *   sequences join, leave and reuse KV ids and the past outgrows its slots;
  * - the pool's bytes per token equal the layout formulas; freeing returns every block.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -79,4 +81,51 @@ describe('MLA absorbed equals MLA naive (deepseek-v2-tiny, cached decode)', () =
       expect(maxAbsDiff(out[1]![i]!.last_logits, out[0]![i]!.last_logits)).toBeLessThanOrEqual(1e-4);
     }
   });
+});
+
+describe('the decode group past kept between steps equals gathering it every step', () => {
+  for (const fixture of FIXTURES) {
+    it(`${fixture}: same ids and logprobs while sequences join, leave and the past outgrows its slots`, async () => {
+      const expected = loadExpected(fixture);
+      const prompts = PROMPTS.map((p) => expected.prompts[p].input_ids);
+      // [prompt, maxTokens, step it arrives at]: one runs past 64 + 33 tokens (the slots' stride
+      // grows), short ones leave early and later arrivals take their KV ids and group slots.
+      const schedule = [[2, 80, 0], [0, 5, 0], [1, 12, 0], [0, 20, 4], [1, 9, 9], [2, 6, 15]] as const;
+      const runs: { ids: number[][]; lps: number[][]; stagedMax: number }[] = [];
+      for (const decodePastBytes of [undefined, 0]) {
+        const m = await loadModel(fixtureDir(fixture), { runtime: DEFAULT_RUNTIME, mlaImpl: 'absorbed', blockSize: 4, kvCacheBytes: 4 << 20, decodePastBytes });
+        const ids: number[][] = schedule.map(() => []);
+        const lps: number[][] = schedule.map(() => []);
+        const index = new Map<number, number>();
+        let stagedMax = 0;
+        let live = 0;
+        for (let step = 0; step < 200 && (step <= 15 || live > 0); step++) {
+          schedule.forEach(([p, maxTokens, at], i) => {
+            if (at !== step) return;
+            index.set(m.engine.add({ promptIds: prompts[p]!, sampling: GREEDY, maxTokens, stopTokenIds: [], logprobs: 1, promptLogprobs: null }), i);
+            live++;
+          });
+          for (const ev of await m.engine.step()) {
+            const i = index.get(ev.seqId)!;
+            if (ev.tokenId >= 0) {
+              ids[i]!.push(ev.tokenId);
+              lps[i]!.push(ev.logprobs!.logprob);
+            }
+            if (ev.finishReason) live--;
+          }
+          stagedMax = Math.max(stagedMax, m.runner.stagedPastBytes);
+        }
+        m.checkpoint.close();
+        runs.push({ ids, lps, stagedMax });
+      }
+      const [kept, gathered] = runs as [(typeof runs)[0], (typeof runs)[0]];
+      expect(kept.stagedMax).toBeGreaterThan(0);
+      expect(gathered.stagedMax).toBe(0);
+      schedule.forEach(([, maxTokens], i) => {
+        expect(kept.ids[i]!.length).toBe(maxTokens);
+        expect(kept.ids[i]).toEqual(gathered.ids[i]);
+        expect(maxAbsDiff(kept.lps[i]!, gathered.lps[i]!)).toBeLessThanOrEqual(1e-4);
+      });
+    });
+  }
 });

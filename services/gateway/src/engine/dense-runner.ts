@@ -24,15 +24,19 @@ import * as W from '../../../model/src/names.js';
 import { GraphBuilder } from '../../../model/src/onnx/graph.js';
 import { f32, i64, OrtSession, type Feed, type RuntimeOptions } from '../../../model/src/runtime/onnx.js';
 import { GateScratch, route } from '../../../../router/src/gating.js';
+import { DecodePast } from './decode-past.js';
+import { DEFAULT_ENGINE_SIZING } from './sizing.js';
 import type { RoutedExperts } from '../../../../router/src/types.js';
 
 /** The KV cache as the attention path sees it (implemented by services/kvcache). */
 export interface KvStore {
   readonly rowElements: number;
-  /** Copies each sequence's first lengths[b] rows of `layer` into out [numSeqs, maxLen, E]. */
-  gather(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array): void;
+  /** Copies each sequence's first lengths[b] rows of `layer` (rows from[b].. with `from`) into out [numSeqs, maxLen, E]. */
+  gather(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, out: Float32Array, from?: Int32Array | null): void;
   /** GQA caches: the same rows head-major, K into outK [numSeqs, g, maxLen, D] and V into outV alike. */
-  gatherHeads(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, outK: Float32Array, outV: Float32Array): void;
+  gatherHeads(layer: number, seqIds: Int32Array, numSeqs: number, lengths: Int32Array, maxLen: number, outK: Float32Array, outV: Float32Array, from?: Int32Array | null): void;
+  /** The sequence's incarnation: unchanged while its rows are only appended to (KvCacheManager.epoch). */
+  epoch(seqId: number): number;
   /** Writes numRows rows (src rows srcRow..) into the sequence's slots startPos.. (capacity ensured by the caller). */
   writeRows(layer: number, seqId: number, startPos: number, src: Float32Array, srcRow: number, numRows: number): void;
 }
@@ -72,6 +76,8 @@ export interface DenseRunnerOptions {
   readonly mlaImpl: MlaImpl;
   /** Positions covered by the RoPE table. @defaultValue cfg.maxPositionEmbeddings */
   readonly maxPositions?: number;
+  /** Bound on the decode group's past kept between steps (decode-past.ts); 0 gathers it every step. @defaultValue DEFAULT_ENGINE_SIZING.decodePastBytes */
+  readonly decodePastBytes?: number;
 }
 
 interface LayerUnits {
@@ -112,9 +118,11 @@ interface GroupPlan {
   readonly pastLens: Int32Array;
   /** window (null = full attention) -> mask float32 [B, T, L] */
   readonly masks: Map<number | null, Float32Array>;
+  /** The past comes from DecodePast (P is its slot count), not from a gather of this step. */
+  readonly staged: boolean;
 }
 
-function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowStart: Int32Array): GroupPlan {
+function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowStart: Int32Array, past: DecodePast | null, kv: KvStore | null): GroupPlan {
   const B = members.length;
   const T = seqs[members[0]!]!.tokens.length; // decode group: 1; prefill group: B = 1
   const kvSeqIds = new Int32Array(B);
@@ -125,7 +133,10 @@ function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowS
     pastLens[b] = seqs[s]!.pastLen;
     P = Math.max(P, seqs[s]!.pastLen);
   });
-  return { B, T, P, L: P + T, first: rowStart[members[0]!]!, n: B * T, kvSeqIds, pastLens, masks: new Map() };
+  // The decode group reads its past from the rows kept since the last step, where they fit.
+  const slots = past && kv && T === 1 ? past.prepare(kv, B, kvSeqIds, pastLens, P) : -1;
+  if (slots >= 0) P = slots;
+  return { B, T, P, L: P + T, first: rowStart[members[0]!]!, n: B * T, kvSeqIds, pastLens, masks: new Map(), staged: slots >= 0 };
 }
 
 /**
@@ -182,6 +193,7 @@ export class DenseRunner {
   private readonly pastK = new Grow();
   private readonly pastV = new Grow();
   private readonly headIn = new Grow();
+  private readonly decodePast: DecodePast | null;
   /** When set, forward() accumulates per-unit wall time here (benchmarks only). */
   profile: StepProfile | null = null;
   private lastMark = 0;
@@ -202,10 +214,13 @@ export class DenseRunner {
     private readonly head: OrtSession,
     private readonly units: readonly LayerUnits[],
     maxPositions: number,
+    decodePastBytes: number,
   ) {
     this.rope = new RopeTable(cfg.rope, maxPositions);
     this.gate = new GateScratch(cfg.moe);
-    this.E = kvLayoutFor(cfg).elementsPerToken;
+    const layout = kvLayoutFor(cfg);
+    this.E = layout.elementsPerToken;
+    this.decodePast = decodePastBytes > 0 ? new DecodePast(layout, decodePastBytes) : null;
   }
 
   static async load(cfg: MoeModelConfig, ws: WeightSource, opts: DenseRunnerOptions): Promise<DenseRunner> {
@@ -236,11 +251,16 @@ export class DenseRunner {
         correctionBias: isMoe && cfg.moe.useCorrectionBias ? ws.readF32(W.correctionBias(l)) : null,
       });
     }
-    return new DenseRunner(cfg, embed, head, units, opts.maxPositions ?? cfg.maxPositionEmbeddings);
+    return new DenseRunner(cfg, embed, head, units, opts.maxPositions ?? cfg.maxPositionEmbeddings, opts.decodePastBytes ?? DEFAULT_ENGINE_SIZING.decodePastBytes);
   }
 
   get maxPositions(): number {
     return this.rope.maxPositions;
+  }
+
+  /** Bytes holding the decode group's past between steps now (decode-past.ts). */
+  get stagedPastBytes(): number {
+    return this.decodePast?.bytes ?? 0;
   }
 
   async forward(seqs: readonly ForwardSeq[], kv: KvStore | null, experts: RoutedExperts, traceRouting = false): Promise<ForwardResult> {
@@ -275,7 +295,7 @@ export class DenseRunner {
       N += seqs[s]!.tokens.length;
     }
     // Per-group facts and masks are the same for every layer: computed once per step.
-    const groups = groupMembers.map((g) => planGroup(g, seqs, rowStart));
+    const groups = groupMembers.map((g) => planGroup(g, seqs, rowStart, this.decodePast, kv));
 
     // ---- embedding
     this.mark(null);
@@ -351,6 +371,8 @@ export class DenseRunner {
       logitRow[s] = S;
       S += q.logits === 'all' ? q.tokens.length : 1;
     }
+    // Every layer has read the staged group's past: its slots now hold it.
+    for (const g of groups) if (g.staged) this.decodePast!.commit(g.B, g.pastLens);
     let logits: Float32Array = new Float32Array(0);
     if (S > 0) {
       const headIn = this.headIn.take(S * H);
@@ -391,7 +413,13 @@ export class DenseRunner {
     if (P > 0 && !kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
     const a = this.cfg.attention;
     const feeds: Record<string, Feed> = {};
-    if (a.kind === 'gqa') {
+    if (g.staged) {
+      const [k, v] = this.decodePast!.refresh(kv!, layer, B, g.kvSeqIds, g.pastLens);
+      if (a.kind === 'gqa') {
+        feeds.past_k = f32(k, [B, a.numKvHeads, P, a.headDim]);
+        feeds.past_v = f32(v, [B, a.numKvHeads, P, a.headDim]);
+      } else feeds.past = f32(k, [B, P, E]);
+    } else if (a.kind === 'gqa') {
       const dims = [B, a.numKvHeads, P, a.headDim];
       const pastK = this.pastK.take(B * P * a.numKvHeads * a.headDim);
       const pastV = this.pastV.take(B * P * a.numKvHeads * a.headDim);

@@ -61,8 +61,8 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     log(topology.description, 'info');
   }
   try {
-    const { maxModelLen, kvCacheBytes, blockSize, maxNumSeqs, maxBatchedTokens, prefixCaching } = o;
-    model = await loadModel(modelDir, { runtime, mlaImpl: o.mlaImpl, maxModelLen, kvCacheBytes, blockSize, maxNumSeqs, maxBatchedTokens, prefixCaching, experts });
+    const { maxModelLen, kvCacheBytes, blockSize, maxNumSeqs, maxBatchedTokens, prefixCaching, decodePastBytes } = o;
+    model = await loadModel(modelDir, { runtime, mlaImpl: o.mlaImpl, maxModelLen, kvCacheBytes, blockSize, maxNumSeqs, maxBatchedTokens, prefixCaching, decodePastBytes, experts });
   } catch (err) {
     await topology?.close().catch(() => undefined); // no orphaned workers when the load fails
     throw err;

@@ -20,6 +20,12 @@ export interface EngineSizing {
   readonly maxBatchedTokens?: number;
   /** Reuse KV blocks of identical prefixes. @defaultValue DEFAULT_ENGINE_SIZING.prefixCaching (true) */
   readonly prefixCaching?: boolean;
+  /**
+   * Memory that keeps the decoding sequences' past between steps, so a step copies one new row a
+   * sequence out of the KV cache instead of all of them (engine/decode-past.ts), bytes; 0 = copy
+   * every row every step. @defaultValue DEFAULT_ENGINE_SIZING.decodePastBytes (512 MiB)
+   */
+  readonly decodePastBytes?: number;
 }
 
 export const DEFAULT_ENGINE_SIZING = Object.freeze({
@@ -30,4 +36,5 @@ export const DEFAULT_ENGINE_SIZING = Object.freeze({
   maxNumSeqs: 64,
   maxBatchedTokens: 512,
   prefixCaching: true,
+  decodePastBytes: 2 ** 29,
 });
