@@ -181,7 +181,7 @@ async function decodePast(dir: string): Promise<void> {
   ];
   const prompts = Array.from({ length: BATCH }, () => randomIds(PAST, variants[0]!.model.cfg.vocabSize));
   for (const v of variants) {
-    const ids = new Set(prompts.map((p) => v.model.engine.add({ ...req(p), maxTokens: 100_000 })));
+    const ids = new Set(prompts.map((p) => v.model.engine.add({ ...req(p), maxTokens: 2048 - PAST })));
     const pending = new Set(ids);
     while (pending.size > 0) for (const ev of await v.model.engine.step()) if (ev.tokenId >= 0) pending.delete(ev.seqId);
     for (let i = 0; i < 3; i++) await v.model.engine.step(); // warm-up

@@ -161,12 +161,14 @@ describe.each(['mixtral-tiny', 'deepseek-v2-tiny'])('DecodePast (%s layout)', (f
     write(x, 9, 130);
     expect(step(past, store, [z2, x], [111, 130])).toBe(192);
     expect(copied()).toBe(111 + 130);
-    // a third sequence fits the slots allocated then (twice the group): only it is copied
+    // more sequences than slots: new buffers (twice the slots), all copied
     const w = create(3);
     step(past, store, [z2, x, w], [111, 130, 3]);
-    expect(copied()).toBe(3);
-    // more sequences than slots: new buffers, all copied
+    expect(copied()).toBe(111 + 130 + 3);
+    // a fourth fits the doubled slots: only it is copied
     const u = create(2);
+    step(past, store, [z2, x, w, u], [111, 130, 3, 2]);
+    expect(copied()).toBe(2);
     const t = create(1);
     step(past, store, [z2, x, w, u, t], [111, 130, 3, 2, 1]);
     expect(copied()).toBe(111 + 130 + 3 + 2 + 1);

@@ -71,9 +71,10 @@ export class DecodePast {
       return -1;
     }
     if (kv !== this.store || B > this.slots || pcap > this.pcap || 2 * pcap <= this.pcap) {
-      // a new stride or more slots: fresh buffers, every slot copied again
-      let slots = Math.max(B, Math.min(2 * this.slots, 2 * B));
-      if (bytesFor(slots, pcap) > this.budgetBytes) slots = B;
+      // a new stride or more slots: fresh buffers, every slot copied again; slots double as the
+      // group grows (within the budget), so a growing group is not copied again at every arrival
+      let slots = Math.max(B, this.slots);
+      if (B > this.slots && this.slots > 0 && bytesFor(2 * this.slots, pcap) <= this.budgetBytes) slots = Math.max(B, 2 * this.slots);
       this.allocate(slots, pcap);
       this.store = kv;
     }
