@@ -239,15 +239,19 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const wUVName = g.initializer(`layers.${layer}.self_attn.w_uv_t`, DT.FLOAT, [h, C, Dv], wUVt);
     const qLat = g.matmul(toBhT(qNope, Dn), wUKName); // [B, h, T, C]
     const qCat = g.concat([qLat, toBhT(qPe, R)], 3); // [B, h, T, C+R] — matches the cache row [c_kv | k_pe]
+    const bhT = g.shape(qCat, 0, 3); // [B, h, T]
     // Past latents are attended where they lie (no concat, no transpose, no copy in the graph),
     // this step's beside them; the weighted sum runs over whole rows [c_kv | k_pe] and keeps c_kv.
+    // Every head reads the same latent rows, so the h·T query rows of a sequence are one matrix
+    // [h·T, C+R] against them (one GEMM per sequence reads its past once, not once per head).
     const pastU = g.unsqueeze(inp.past, [1]); // [B, 1, P, C+R]
     const newU = g.unsqueeze(latNew, [1]); // [B, 1, T, C+R]
-    const scores = g.concat([matmulT(g, qCat, pastU), matmulT(g, qCat, newU)], 3); // [B, h, T, L]
-    const probs = g.softmax(g.add(g.scale(scores, cfg.softmaxScale), maskB), -1); // [B, h, T, L]
+    const qRows = g.reshape(qCat, [0, 1, -1, C + R]); // [B, 1, h·T, C+R]
+    const scores = g.reshape(g.concat([matmulT(g, qRows, pastU), matmulT(g, qRows, newU)], 3), g.concat([bhT, g.shape(inp.mask, 2, 3)], 0)); // [B, h, T, L]
+    const probs = g.reshape(g.softmax(g.add(g.scale(scores, cfg.softmaxScale), maskB), -1), [0, 1, -1, 0]); // [B, 1, h·T, L]
     const [pPast, pNew] = splitPastNew(g, probs, g.shape(inp.past, 1, 2), inp.mask);
-    const ctxLat = g.add(g.matmul(pPast, pastU), g.matmul(pNew, newU)); // [B, h, T, C+R]
-    ctx = g.matmul(g.slice(ctxLat, 3, 0, C), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
+    const ctxLat = g.add(g.matmul(pPast, pastU), g.matmul(pNew, newU)); // [B, 1, h·T, C+R]
+    ctx = g.matmul(g.reshape(g.slice(ctxLat, 3, 0, C), g.concat([bhT, g.constI64([C])], 0)), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
   }
   const attnOut = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [-1, h * Dv]); // [N, h·Dv]
   finish(g, ws, cfg, layer, inp.hidden, attnOut, h * Dv, bias, opts);
