@@ -220,7 +220,7 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   // q as [B, h, T, *]
   const toBhT = (v: string, d: number) => g.transpose(g.reshape(v, btShape(g, inp.mask, [h, d])), [0, 2, 1, 3]);
   const kvB = ws.readF32(W.attn(layer, 'kv_b_proj')); // [h·(Dn+Dv), C]
-  let ctx: string; // [B, h, T, Dv]
+  let attnOut: string; // [N, h·Dv]
   if (impl === 'naive') {
     // Rebuild per-head keys and values from every cached latent: the reference path.
     const lat = g.concat([inp.past, latNew], 1); // [B, L, C+R]
@@ -231,13 +231,18 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const k = g.transpose(g.concat([kNope, kPeH], 3), [0, 2, 3, 1]); // [B, h, Dq, L]
     const qFull = toBhT(g.concat([qNope, qPe], 2), Dq); // [B, h, T, Dq]
     const probs = g.softmax(g.add(g.scale(g.matmul(qFull, k), cfg.softmaxScale), maskB), -1);
-    ctx = g.matmul(probs, g.transpose(v, [0, 2, 1, 3])); // [B, h, T, Dv]
+    const ctx = g.matmul(probs, g.transpose(v, [0, 2, 1, 3])); // [B, h, T, Dv]
+    attnOut = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [-1, h * Dv]);
   } else {
     // Absorbed: W_UK folded into the query, attention over the cached latent itself, W_UV after.
     const { wUK, wUVt } = splitKvB(kvB, h, Dn, Dv, C);
     const wUKName = g.initializer(`layers.${layer}.self_attn.w_uk`, DT.FLOAT, [h, Dn, C], wUK);
     const wUVName = g.initializer(`layers.${layer}.self_attn.w_uv_t`, DT.FLOAT, [h, C, Dv], wUVt);
-    const qLat = g.matmul(toBhT(qNope, Dn), wUKName); // [B, h, T, C]
+    // W_UK and W_UV take every row of the step per head at once ([h, N, *], h GEMMs), not one
+    // row per sequence and head (B·h GEMVs).
+    const hBT = g.concat([g.constI64([h]), g.shape(inp.mask, 0, 2)], 0); // [h, B, T]
+    const qLatH = g.matmul(g.transpose(qNope, [1, 0, 2]), wUKName); // [h, N, C]
+    const qLat = g.transpose(g.reshape(qLatH, g.concat([hBT, g.constI64([C])], 0)), [1, 0, 2, 3]); // [B, h, T, C]
     const qCat = g.concat([qLat, toBhT(qPe, R)], 3); // [B, h, T, C+R] — matches the cache row [c_kv | k_pe]
     const bhT = g.shape(qCat, 0, 3); // [B, h, T]
     // Past latents are attended where they lie (no concat, no transpose, no copy in the graph),
@@ -251,9 +256,10 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const probs = g.reshape(g.softmax(g.add(g.scale(scores, cfg.softmaxScale), maskB), -1), [0, 1, -1, 0]); // [B, 1, h·T, L]
     const [pPast, pNew] = splitPastNew(g, probs, g.shape(inp.past, 1, 2), inp.mask);
     const ctxLat = g.add(g.matmul(pPast, pastU), g.matmul(pNew, newU)); // [B, 1, h·T, C+R]
-    ctx = g.matmul(g.reshape(g.slice(ctxLat, 3, 0, C), g.concat([bhT, g.constI64([C])], 0)), wUVName); // [B, h, T, C] -> [B, h, T, Dv]
+    const ctxH = g.transpose(g.reshape(g.slice(ctxLat, 3, 0, C), g.concat([bhT, g.constI64([C])], 0)), [1, 0, 2, 3]); // [h, B, T, C]
+    const outH = g.matmul(g.reshape(ctxH, [0, -1, C]), wUVName); // [h, N, Dv]
+    attnOut = g.reshape(g.transpose(outH, [1, 0, 2]), [-1, h * Dv]);
   }
-  const attnOut = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [-1, h * Dv]); // [N, h·Dv]
   finish(g, ws, cfg, layer, inp.hidden, attnOut, h * Dv, bias, opts);
 }
 
