@@ -36,6 +36,10 @@ export class DecodePast {
   /** Per layer: GQA K [slots, g, Pcap, D] (MLA: rows [slots, Pcap, E]); GQA V [slots, g, Pcap, Dv] (MLA: unused). */
   private k: Float32Array[] = [];
   private v: Float32Array[] = [];
+  /** Per layer: the first B slots of k and v, what attention is fed (rebuilt when B or the buffers change). */
+  private kFeed: Float32Array[] = [];
+  private vFeed: Float32Array[] = [];
+  private fedSlots = -1;
   private slots = 0;
   private pcap = 0;
   private store: KvStore | null = null;
@@ -65,8 +69,7 @@ export class DecodePast {
   prepare(kv: KvStore, B: number, seqIds: Int32Array, pastLens: Int32Array, P: number): number {
     if (P === 0) return -1;
     const pcap = roundUp(P, PAST_QUANTUM);
-    const bytesFor = (slots: number, rows: number) => slots * rows * (this.kElems + this.vElems) * 4 * this.numLayers;
-    if (bytesFor(B, pcap) > this.budgetBytes) {
+    if (this.bytesFor(B, pcap) > this.budgetBytes) {
       this.release();
       return -1;
     }
@@ -74,7 +77,7 @@ export class DecodePast {
       // a new stride or more slots: fresh buffers, every slot copied again; slots double as the
       // group grows (within the budget), so a growing group is not copied again at every arrival
       let slots = Math.max(B, this.slots);
-      if (B > this.slots && this.slots > 0 && bytesFor(2 * this.slots, pcap) <= this.budgetBytes) slots = Math.max(B, 2 * this.slots);
+      if (B > this.slots && this.slots > 0 && this.bytesFor(2 * this.slots, pcap) <= this.budgetBytes) slots = Math.max(B, 2 * this.slots);
       this.allocate(slots, pcap);
       this.store = kv;
     }
@@ -89,19 +92,34 @@ export class DecodePast {
       }
       this.from[b] = this.have[b]!;
     }
+    if (B !== this.fedSlots) {
+      for (let l = 0; l < this.numLayers; l++) {
+        this.kFeed[l] = this.k[l]!.subarray(0, B * this.pcap * this.kElems);
+        this.vFeed[l] = this.v[l]!.subarray(0, B * this.pcap * this.vElems);
+      }
+      this.fedSlots = B;
+    }
     return this.pcap;
   }
 
   /**
-   * Copies the rows layer `layer` lacks for the group planned by prepare; returns the views to
-   * feed: GQA [K, V] as [B, g, Pcap, D] / [B, g, Pcap, Dv]; MLA [rows [B, Pcap, E], unused].
+   * Copies the rows layer `layer` lacks for the group planned by prepare. Then kFeed(layer) and
+   * vFeed(layer) are what attention reads: GQA K [B, g, Pcap, D] and V [B, g, Pcap, Dv]; MLA rows
+   * [B, Pcap, E] (and nothing).
    */
-  refresh(kv: KvStore, layer: number, B: number, seqIds: Int32Array, pastLens: Int32Array): [Float32Array, Float32Array] {
-    const k = this.k[layer]!;
-    const v = this.v[layer]!;
-    if (this.layout.kind === 'gqa') kv.gatherHeads(layer, seqIds, B, pastLens, this.pcap, k, v, this.from);
-    else kv.gather(layer, seqIds, B, pastLens, this.pcap, k, this.from);
-    return [k.subarray(0, B * this.pcap * this.kElems), v.subarray(0, B * this.pcap * this.vElems)];
+  refresh(kv: KvStore, layer: number, B: number, seqIds: Int32Array, pastLens: Int32Array): void {
+    if (this.layout.kind === 'gqa') kv.gatherHeads(layer, seqIds, B, pastLens, this.pcap, this.k[layer]!, this.v[layer]!, this.from);
+    else kv.gather(layer, seqIds, B, pastLens, this.pcap, this.k[layer]!, this.from);
+  }
+
+  /** The planned group's first past buffer of `layer` (see refresh). */
+  kFeedOf(layer: number): Float32Array {
+    return this.kFeed[layer]!;
+  }
+
+  /** The planned group's second past buffer of `layer` (GQA V; empty for MLA). */
+  vFeedOf(layer: number): Float32Array {
+    return this.vFeed[layer]!;
   }
 
   /** After a forward pass that refreshed every layer: the slots hold their pasts. */
@@ -111,7 +129,12 @@ export class DecodePast {
 
   /** Bytes held now. */
   get bytes(): number {
-    return this.slots * this.pcap * (this.kElems + this.vElems) * 4 * this.numLayers;
+    return this.bytesFor(this.slots, this.pcap);
+  }
+
+  /** Bytes of buffers for `slots` slots of `rows` past rows, over all layers. */
+  private bytesFor(slots: number, rows: number): number {
+    return slots * rows * (this.kElems + this.vElems) * Float32Array.BYTES_PER_ELEMENT * this.numLayers;
   }
 
   private allocate(slots: number, pcap: number): void {
@@ -122,6 +145,7 @@ export class DecodePast {
     }
     this.slots = slots;
     this.pcap = pcap;
+    this.fedSlots = -1;
     this.seq = new Int32Array(slots).fill(-1);
     this.epoch = new Float64Array(slots);
     this.have = new Int32Array(slots);
@@ -131,6 +155,9 @@ export class DecodePast {
   private release(): void {
     this.k = [];
     this.v = [];
+    this.kFeed = [];
+    this.vFeed = [];
+    this.fedSlots = -1;
     this.slots = 0;
     this.pcap = 0;
     this.store = null;

@@ -414,11 +414,12 @@ export class DenseRunner {
     const a = this.cfg.attention;
     const feeds: Record<string, Feed> = {};
     if (g.staged) {
-      const [k, v] = this.decodePast!.refresh(kv!, layer, B, g.kvSeqIds, g.pastLens);
+      const past = this.decodePast!;
+      past.refresh(kv!, layer, B, g.kvSeqIds, g.pastLens);
       if (a.kind === 'gqa') {
-        feeds.past_k = f32(k, [B, a.numKvHeads, P, a.headDim]);
-        feeds.past_v = f32(v, [B, a.numKvHeads, P, a.headDim]);
-      } else feeds.past = f32(k, [B, P, E]);
+        feeds.past_k = f32(past.kFeedOf(layer), [B, a.numKvHeads, P, a.headDim]);
+        feeds.past_v = f32(past.vFeedOf(layer), [B, a.numKvHeads, P, a.headDim]);
+      } else feeds.past = f32(past.kFeedOf(layer), [B, P, E]);
     } else if (a.kind === 'gqa') {
       const dims = [B, a.numKvHeads, P, a.headDim];
       const pastK = this.pastK.take(B * P * a.numKvHeads * a.headDim);
