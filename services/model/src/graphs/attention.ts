@@ -196,19 +196,28 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const bias = a.attentionBias;
 
   const x = g.rmsNorm(inp.hidden, weight(g, ws, W.inputNorm(layer), [H]), cfg.rmsNormEps);
-  let qFlat: string;
-  if (a.qLoraRank === null) {
-    qFlat = proj(g, ws, x, W.attn(layer, 'q_proj'), h * Dq, H, opts);
-  } else {
-    const r = a.qLoraRank;
-    const qa = proj(g, ws, x, W.attn(layer, 'q_a_proj'), r, H, opts, optionalBias(g, ws, W.attn(layer, 'q_a_proj', 'bias'), bias, r));
-    const qaN = g.rmsNorm(qa, weight(g, ws, W.attn(layer, 'q_a_layernorm'), [r]), MLA_INNER_NORM_EPS);
-    qFlat = proj(g, ws, qaN, W.attn(layer, 'q_b_proj'), h * Dq, r, opts);
+  // The projections that read x (q_proj, or q_a_proj with a q LoRA; and kv_a_proj_with_mqa) as
+  // one fused weight [Q1 + C + R, H]: one weight read instead of two. q_proj has no bias.
+  const q1Name = a.qLoraRank === null ? W.attn(layer, 'q_proj') : W.attn(layer, 'q_a_proj');
+  const Q1 = a.qLoraRank === null ? h * Dq : a.qLoraRank;
+  const kvAName = W.attn(layer, 'kv_a_proj_with_mqa');
+  let xBias: string | undefined;
+  if (bias) {
+    const b = new Float32Array(Q1 + C + R);
+    if (a.qLoraRank !== null) b.set(ws.readF32(W.attn(layer, 'q_a_proj', 'bias')));
+    b.set(ws.readF32(W.attn(layer, 'kv_a_proj_with_mqa', 'bias')), Q1);
+    xBias = g.initializer(`layers.${layer}.self_attn.q_kv_a_proj.bias`, DT.FLOAT, [Q1 + C + R], b);
+  }
+  const fromX = projection(g, x, `layers.${layer}.self_attn.q_kv_a_proj.weight`, concatRows(ws, [q1Name, kvAName]), Q1 + C + R, H, opts, xBias);
+  const [q1, kvA] = g.split(fromX, 1, [Q1, C + R]) as [string, string];
+  let qFlat = q1;
+  if (a.qLoraRank !== null) {
+    const qaN = g.rmsNorm(q1, weight(g, ws, W.attn(layer, 'q_a_layernorm'), [Q1]), MLA_INNER_NORM_EPS);
+    qFlat = proj(g, ws, qaN, W.attn(layer, 'q_b_proj'), h * Dq, Q1, opts);
   }
   const [qNope, qPeRaw] = g.split(g.reshape(qFlat, [0, h, Dq]), 2, [Dn, R]) as [string, string]; // [N,h,Dn], [N,h,R]
   const qPe = applyRope(g, qPeRaw, inp.cos, inp.sin, R, R, cfg.rope.interleaved);
 
-  const kvA = proj(g, ws, x, W.attn(layer, 'kv_a_proj_with_mqa'), C + R, H, opts, optionalBias(g, ws, W.attn(layer, 'kv_a_proj_with_mqa', 'bias'), bias, C + R));
   const [cRaw, kPeRaw] = g.split(kvA, 1, [C, R]) as [string, string];
   const cKv = g.rmsNorm(cRaw, weight(g, ws, W.attn(layer, 'kv_a_layernorm'), [C]), MLA_INNER_NORM_EPS); // [N, C]
   const kPe = g.reshape(applyRope(g, g.reshape(kPeRaw, [0, 1, R]), inp.cos, inp.sin, R, R, cfg.rope.interleaved), [0, R]);
