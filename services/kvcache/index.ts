@@ -4,7 +4,7 @@
  * Owns: KV layouts and their exact byte sizes (GQA K/V, MLA latent; src/layout.ts), the shared
  * block pool with refcounts, block hashes and an LRU free list (src/pool.ts), chained block hashes
  * (src/hash.ts), per-sequence block tables, the row write/gather data path, prefix caching and
- * copy-on-write forks (src/manager.ts; boundary types in src/types.ts), and the optional shared
+ * copy-on-write forks (src/manager.ts, its copy loops in src/rows.ts; boundary types in src/types.ts), and the optional shared
  * tier in Redis (src/redis-tier.ts). Admission and preemption policy live in the gateway's engine.
  */
 export { KV_FLOAT32_BYTES, gqaLayout, kvLayoutFor, mhaEquivalentLayout, mlaLayout } from './src/layout.js';

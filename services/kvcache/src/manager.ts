@@ -42,6 +42,7 @@
 import { ServerError } from '../../common/src/errors.js';
 import type { MoeModelConfig } from '../../model/src/config.js';
 import { copyElements } from './copy.js';
+import { copyHeads, copyRuns, type BlockRows } from './rows.js';
 import { chainHashes, hashBlock, rootHash } from './hash.js';
 import { kvLayoutFor, type KvLayout } from './layout.js';
 import { BlockPool, NO_BLOCK } from './pool.js';
@@ -90,7 +91,7 @@ export class KvCacheManager {
   // row elements [segRow[s], segRow[s] + segLen[s]). rowMajor: one segment, blocks hold plain rows.
   private readonly segRow: Int32Array;
   private readonly segLen: Int32Array;
-  private readonly rowMajor: boolean;
+  private readonly rows: BlockRows;
   // Per sequence slot, index = seqId. tables[id] has capacity >= blockCounts[id]; entries past
   // blockCounts[id] are stale. views[id] caches blockTable(id), null when it must be rebuilt.
   private readonly tables: Int32Array[] = [];
@@ -132,7 +133,7 @@ export class KvCacheManager {
     this.rowElements = pool.elementsPerToken;
     this.segRow = Int32Array.from(this.layout.segments, (x) => x.offset);
     this.segLen = Int32Array.from(this.layout.segments, (x) => x.length);
-    this.rowMajor = this.segRow.length === 1;
+    this.rows = { blockSize: this.blockSize, elementsPerToken: this.elementsPerToken, blockElements: pool.blockElements, segRow: this.segRow, segLen: this.segLen, rowMajor: this.segRow.length === 1 };
     this.initialBlocks = blocks;
     this.blockCounts = new Int32Array(slots);
     this.tokenCounts = new Int32Array(slots);
@@ -549,7 +550,7 @@ export class KvCacheManager {
     if (!Number.isInteger(srcRowOffset) || srcRowOffset < 0 || (srcRowOffset + numRows) * ept > src.length) {
       throw new ServerError('internal', `KvCacheManager.writeRows: rows ${srcRowOffset}..${srcRowOffset + numRows} of ${ept} elements exceed src of ${src.length}`);
     }
-    this.copyRuns(this.pool.layers[layer], this.tables[seqId], startPos, numRows, src, srcRowOffset * ept, true);
+    copyRuns(this.rows, this.pool.layers[layer], this.tables[seqId], startPos, numRows, src, srcRowOffset * ept, true);
   }
 
   /**
@@ -563,7 +564,7 @@ export class KvCacheManager {
     if (!Number.isInteger(outRowOffset) || outRowOffset < 0 || (outRowOffset + numRows) * ept > out.length) {
       throw new ServerError('internal', `KvCacheManager.readRows: rows ${outRowOffset}..${outRowOffset + numRows} of ${ept} elements exceed out of ${out.length}`);
     }
-    this.copyRuns(this.pool.layers[layer], this.tables[seqId], startPos, numRows, out, outRowOffset * ept, false);
+    copyRuns(this.rows, this.pool.layers[layer], this.tables[seqId], startPos, numRows, out, outRowOffset * ept, false);
   }
 
   /**
@@ -585,7 +586,7 @@ export class KvCacheManager {
     const seqStride = maxLen * ept;
     for (let b = 0; b < numSeqs; b++) {
       const start = from === null ? 0 : from[b];
-      this.copyRuns(storage, this.tables[seqIds[b]], start, lengths[b] - start, out, b * seqStride + start * ept, false);
+      copyRuns(this.rows, storage, this.tables[seqIds[b]], start, lengths[b] - start, out, b * seqStride + start * ept, false);
     }
   }
 
@@ -608,28 +609,7 @@ export class KvCacheManager {
       throw new ServerError('internal', `KvCacheManager.gatherHeads: outputs of ${outK.length} and ${outV.length} elements are smaller than [${numSeqs}, ${g}, ${maxLen}, ${layout.headDim} | ${layout.vHeadDim}]`);
     }
     const storage = this.pool.layers[layer];
-    const bs = this.blockSize;
-    const blockElements = this.pool.blockElements;
-    const segRow = this.segRow;
-    const segLen = this.segLen;
-    for (let b = 0; b < numSeqs; b++) {
-      const table = this.tables[seqIds[b]];
-      const len = lengths[b];
-      // block by block from the block holding row `start`; the first may be entered mid-way
-      for (let pos = from === null ? 0 : from[b]; pos < len; ) {
-        const i = (pos / bs) | 0;
-        const slot = pos - i * bs;
-        const rows = len - pos < bs - slot ? len - pos : bs - slot;
-        const base = table[i] * blockElements;
-        for (let sg = 0; sg < 2 * g; sg++) {
-          const d = segLen[sg];
-          const out = sg < g ? outK : outV;
-          const head = sg < g ? sg : sg - g;
-          copyElements(out, ((b * g + head) * maxLen + pos) * d, storage, base + bs * segRow[sg] + slot * d, rows * d);
-        }
-        pos += rows;
-      }
-    }
+    for (let b = 0; b < numSeqs; b++) copyHeads(this.rows, storage, this.tables[seqIds[b]], b, g, from === null ? 0 : from[b], lengths[b], maxLen, outK, outV);
   }
 
   // ---- stats and reset
@@ -716,58 +696,6 @@ export class KvCacheManager {
   private checkTokens(op: string, tokens: ArrayLike<number>, numTokens: number): void {
     if (!Number.isSafeInteger(numTokens) || numTokens < 0 || numTokens > tokens.length) {
       throw new ServerError('internal', `KvCacheManager.${op}: ${numTokens} tokens of ${tokens.length}`);
-    }
-  }
-
-  /**
-   * Copies rows startPos..startPos+numRows of a block table between pool storage and a flat
-   * buffer of rows (buf from element bufOff): into the pool when toPool, else out of it. Row-major
-   * blocks (one segment): one copy per run of physically consecutive blocks, one branch per run
-   * (not per element). Segment-major blocks (GQA heads): one copy per row and segment.
-   */
-  private copyRuns(storage: Float32Array, table: Int32Array, startPos: number, numRows: number, buf: Float32Array, bufOff: number, toPool: boolean): void {
-    const bs = this.blockSize;
-    const ept = this.elementsPerToken;
-    if (!this.rowMajor) {
-      // segment-major blocks: each row is one copy per segment
-      const blockElements = this.pool.blockElements;
-      const segRow = this.segRow;
-      const segLen = this.segLen;
-      for (let r = 0; r < numRows; r++) {
-        const pos = startPos + r;
-        const bi = (pos / bs) | 0;
-        const slot = pos - bi * bs;
-        const base = table[bi] * blockElements;
-        const row = bufOff + r * ept;
-        for (let sg = 0; sg < segRow.length; sg++) {
-          const d = segLen[sg];
-          const at = base + bs * segRow[sg] + slot * d;
-          if (toPool) copyElements(storage, at, buf, row + segRow[sg], d);
-          else copyElements(buf, row + segRow[sg], storage, at, d);
-        }
-      }
-      return;
-    }
-    let pos = startPos;
-    let remaining = numRows;
-    while (remaining > 0) {
-      let bi = (pos / bs) | 0;
-      const slot = pos - bi * bs;
-      const first = table[bi];
-      let rows = bs - slot;
-      // extend over physically consecutive blocks: one copy per contiguous run
-      while (rows < remaining && table[bi + 1] === table[bi] + 1) {
-        bi++;
-        rows += bs;
-      }
-      if (rows > remaining) rows = remaining;
-      const len = rows * ept;
-      const poolOff = (first * bs + slot) * ept;
-      if (toPool) copyElements(storage, poolOff, buf, bufOff, len);
-      else copyElements(buf, bufOff, storage, poolOff, len);
-      pos += rows;
-      bufOff += len;
-      remaining -= rows;
     }
   }
 
