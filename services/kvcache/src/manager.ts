@@ -87,10 +87,7 @@ export class KvCacheManager {
   readonly rowElements: number;
 
   private readonly initialBlocks: number;
-  // The layout's block segments (layout.ts "Blocks"), flat for the copy loops: segment s covers
-  // row elements [segRow[s], segRow[s] + segLen[s]). rowMajor: one segment, blocks hold plain rows.
-  private readonly segRow: Int32Array;
-  private readonly segLen: Int32Array;
+  // The layout's block segments (layout.ts "Blocks"), flat for the copy loops (rows.ts).
   private readonly rows: BlockRows;
   // Per sequence slot, index = seqId. tables[id] has capacity >= blockCounts[id]; entries past
   // blockCounts[id] are stale. views[id] caches blockTable(id), null when it must be rebuilt.
@@ -131,9 +128,9 @@ export class KvCacheManager {
     this.blockSize = pool.blockSize;
     this.elementsPerToken = pool.elementsPerToken;
     this.rowElements = pool.elementsPerToken;
-    this.segRow = Int32Array.from(this.layout.segments, (x) => x.offset);
-    this.segLen = Int32Array.from(this.layout.segments, (x) => x.length);
-    this.rows = { blockSize: this.blockSize, elementsPerToken: this.elementsPerToken, blockElements: pool.blockElements, segRow: this.segRow, segLen: this.segLen, rowMajor: this.segRow.length === 1 };
+    const segRow = Int32Array.from(this.layout.segments, (x) => x.offset);
+    const segLen = Int32Array.from(this.layout.segments, (x) => x.length);
+    this.rows = { blockSize: this.blockSize, elementsPerToken: this.elementsPerToken, blockElements: pool.blockElements, segRow, segLen, rowMajor: segRow.length === 1 };
     this.initialBlocks = blocks;
     this.blockCounts = new Int32Array(slots);
     this.tokenCounts = new Int32Array(slots);
@@ -438,12 +435,12 @@ export class KvCacheManager {
       const id = this.pool.allocate();
       const src = parentTable[full] * this.pool.blockElements;
       const dst = id * this.pool.blockElements;
-      const bs = this.blockSize;
+      const { blockSize: bs, segRow, segLen } = this.rows;
       for (const storage of this.pool.layers) {
         // the first partialRows rows of every segment
-        for (let sg = 0; sg < this.segRow.length; sg++) {
-          const at = bs * this.segRow[sg];
-          copyElements(storage, dst + at, storage, src + at, partialRows * this.segLen[sg]);
+        for (let sg = 0; sg < segRow.length; sg++) {
+          const at = bs * segRow[sg];
+          copyElements(storage, dst + at, storage, src + at, partialRows * segLen[sg]);
         }
       }
       table[full] = id;

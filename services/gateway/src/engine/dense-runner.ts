@@ -412,26 +412,28 @@ export class DenseRunner {
     this.mark(null);
     if (P > 0 && !kv) throw new ServerError('internal', 'forward: pastLen > 0 without a KV store');
     const a = this.cfg.attention;
-    const feeds: Record<string, Feed> = {};
+    // GQA: K, V [B, g, P, D]; MLA: rows [B, P, E] (second buffer unused)
+    let pastA: Float32Array;
+    let pastB: Float32Array;
     if (g.staged) {
       const past = this.decodePast!;
       past.refresh(kv!, layer, B, g.kvSeqIds, g.pastLens);
-      if (a.kind === 'gqa') {
-        feeds.past_k = f32(past.kFeedOf(layer), [B, a.numKvHeads, P, a.headDim]);
-        feeds.past_v = f32(past.vFeedOf(layer), [B, a.numKvHeads, P, a.headDim]);
-      } else feeds.past = f32(past.kFeedOf(layer), [B, P, E]);
+      pastA = past.kFeedOf(layer);
+      pastB = past.vFeedOf(layer);
     } else if (a.kind === 'gqa') {
-      const dims = [B, a.numKvHeads, P, a.headDim];
-      const pastK = this.pastK.take(B * P * a.numKvHeads * a.headDim);
-      const pastV = this.pastV.take(B * P * a.numKvHeads * a.headDim);
-      if (P > 0) kv!.gatherHeads(layer, g.kvSeqIds, B, g.pastLens, P, pastK, pastV);
-      feeds.past_k = f32(pastK, dims);
-      feeds.past_v = f32(pastV, dims);
+      pastA = this.pastK.take(B * P * a.numKvHeads * a.headDim);
+      pastB = this.pastV.take(B * P * a.numKvHeads * a.headDim);
+      if (P > 0) kv!.gatherHeads(layer, g.kvSeqIds, B, g.pastLens, P, pastA, pastB);
     } else {
-      const past = this.past.take(B * P * E);
-      if (P > 0) kv!.gather(layer, g.kvSeqIds, B, g.pastLens, P, past);
-      feeds.past = f32(past, [B, P, E]);
+      pastA = this.past.take(B * P * E);
+      pastB = pastA;
+      if (P > 0) kv!.gather(layer, g.kvSeqIds, B, g.pastLens, P, pastA);
     }
+    const feeds: Record<string, Feed> = {};
+    if (a.kind === 'gqa') {
+      feeds.past_k = f32(pastA, [B, a.numKvHeads, P, a.headDim]);
+      feeds.past_v = f32(pastB, [B, a.numKvHeads, P, a.headDim]);
+    } else feeds.past = f32(pastA, [B, P, E]);
     this.mark('kv_gather');
     const mask = maskFor(g, window);
     this.mark('mask');
