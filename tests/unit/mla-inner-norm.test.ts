@@ -53,7 +53,7 @@ describe('MLA inner norm epsilon', () => {
     // small hidden values: mean(x^2) is far below 0.5, so the two epsilons give very different norms
     const hidden = rand(H, 0.05);
     const res = await session.run(
-      { hidden: f32(hidden, [1, H]), cos: f32(new Float32Array(R).fill(1), [1, R]), sin: f32(new Float32Array(R), [1, R]), past: f32(new Float32Array(0), [1, 0, C + R]), mask: f32(new Float32Array(1), [1, 1, 1]) },
+      { hidden: f32(hidden, [1, H]), cos: f32(new Float32Array(R).fill(1), [1, 1, R]), sin: f32(new Float32Array(R), [1, 1, R]), past: f32(new Float32Array(0), [1, 0, C + R]), mask: f32(new Float32Array(1), [1, 1, 1]) },
       ['kv_new'],
     );
     const x = rmsNorm(hidden, weights.get(W.inputNorm(0))!, cfg.rmsNormEps);

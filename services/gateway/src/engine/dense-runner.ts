@@ -438,8 +438,8 @@ export class DenseRunner {
     const mask = maskFor(g, window);
     this.mark('mask');
     feeds.hidden = f32(hidden.subarray(first * H, (first + n) * H), [n, H]);
-    feeds.cos = f32(cos.subarray(first * R, (first + n) * R), [n, R]);
-    feeds.sin = f32(sin.subarray(first * R, (first + n) * R), [n, R]);
+    feeds.cos = f32(cos.subarray(first * R, (first + n) * R), [n, 1, R]);
+    feeds.sin = f32(sin.subarray(first * R, (first + n) * R), [n, 1, R]);
     feeds.mask = f32(mask, [B, T, L]);
     const outs = routerLogits ? ['hidden_out', 'x_norm', 'kv_new', 'router_logits'] : ['hidden_out', 'x_norm', 'kv_new'];
     const res = session.run(feeds, outs);

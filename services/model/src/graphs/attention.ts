@@ -10,7 +10,8 @@
  *
  * Inputs (every variant):
  *   hidden  float32 [N, H]      residual stream rows, sequence-major (row = b·T + t)
- *   cos,sin float32 [N, R]      RoPE rows for each row's absolute position (RopeTable's layout)
+ *   cos,sin float32 [N, 1, R]   RoPE rows for each row's absolute position (RopeTable's layout;
+ *                               the 1 broadcasts over heads)
  *   past    float32 [B, P, E]   MLA: this layer's cache rows gathered from the KV pool (P may be 0)
  *   past_k, past_v float32 [B, g, P, D]  GQA: the same, head-major (KvCacheManager.gatherHeads)
  *   mask    float32 [B, T, L]   additive: 0 visible, -1e30 hidden (causality, padding, windows)
@@ -93,8 +94,8 @@ function declareInputs(g: GraphBuilder, cfg: MoeModelConfig, E: number) {
   const R = cfg.rope.dim;
   return {
     hidden: g.input('hidden', DT.FLOAT, ['N', H]),
-    cos: g.input('cos', DT.FLOAT, ['N', R]),
-    sin: g.input('sin', DT.FLOAT, ['N', R]),
+    cos: g.input('cos', DT.FLOAT, ['N', 1, R]),
+    sin: g.input('sin', DT.FLOAT, ['N', 1, R]),
     mask: g.input('mask', DT.FLOAT, ['B', 'T', 'L']),
   };
 }
@@ -114,9 +115,9 @@ function finish(g: GraphBuilder, ws: WeightSource, cfg: MoeModelConfig, layer: n
   }
 }
 
-/** a · bᵀ over the last two axes (batch axes broadcast), without materializing bᵀ. */
-function matmulT(g: GraphBuilder, a: string, b: string): string {
-  return g.node('FusedMatMul', [a, b], { transB: 1 }, 1, 'com.microsoft')[0]!;
+/** alpha · a · bᵀ over the last two axes (batch axes broadcast), without materializing bᵀ. */
+function matmulT(g: GraphBuilder, a: string, b: string, alpha: number): string {
+  return g.node('FusedMatMul', [a, b], { transB: 1, alpha: { float: alpha } }, 1, 'com.microsoft')[0]!;
 }
 
 /** Splits [..., L] along the last axis into the past part [..., P] and this step's [..., T]; pLen: [P]. */
@@ -176,7 +177,8 @@ export function buildGqaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   // q rows grouped by KV head: [N, h, D] -> [B, T, g, G, D] -> [B, g, G, T, D] -> [B, g, G·T, D]
   const q5 = g.transpose(g.reshape(q, btShape(g, inp.mask, [kvh, G, D])), [0, 2, 3, 1, 4]);
   const qG = g.reshape(q5, [0, kvh, -1, D]);
-  const scores = g.scale(g.concat([matmulT(g, qG, pk), matmulT(g, qG, kN)], 3), cfg.softmaxScale); // [B, g, G·T, L]
+  // The softmax scale rides on the score products (FusedMatMul's alpha): one node fewer.
+  const scores = g.concat([matmulT(g, qG, pk, cfg.softmaxScale), matmulT(g, qG, kN, cfg.softmaxScale)], 3); // [B, g, G·T, L]
   const s5 = g.reshape(scores, g.concat([g.shape(q5, 0, 4), g.shape(inp.mask, 2, 3)], 0)); // [B, g, G, T, L]
   const probs = g.softmax(g.add(s5, g.unsqueeze(inp.mask, [1, 2])), -1);
   const [pPast, pNew] = splitPastNew(g, g.reshape(probs, g.shape(scores)), g.shape(pk, 2, 3), inp.mask);
@@ -261,8 +263,8 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
     const pastU = g.unsqueeze(inp.past, [1]); // [B, 1, P, C+R]
     const newU = g.unsqueeze(latNew, [1]); // [B, 1, T, C+R]
     const qRows = g.reshape(qCat, [0, 1, -1, C + R]); // [B, 1, h·T, C+R]
-    const scores = g.reshape(g.concat([matmulT(g, qRows, pastU), matmulT(g, qRows, newU)], 3), g.concat([bhT, g.shape(inp.mask, 2, 3)], 0)); // [B, h, T, L]
-    const probs = g.reshape(g.softmax(g.add(g.scale(scores, cfg.softmaxScale), maskB), -1), [0, 1, -1, 0]); // [B, 1, h·T, L]
+    const scores = g.reshape(g.concat([matmulT(g, qRows, pastU, cfg.softmaxScale), matmulT(g, qRows, newU, cfg.softmaxScale)], 3), g.concat([bhT, g.shape(inp.mask, 2, 3)], 0)); // [B, h, T, L]
+    const probs = g.reshape(g.softmax(g.add(scores, maskB), -1), [0, 1, -1, 0]); // [B, 1, h·T, L]
     const [pPast, pNew] = splitPastNew(g, probs, g.shape(inp.past, 1, 2), inp.mask);
     const ctxLat = g.add(g.matmul(pPast, pastU), g.matmul(pNew, newU)); // [B, 1, h·T, C+R]
     const ctxH = g.transpose(g.reshape(g.slice(ctxLat, 3, 0, C), g.concat([bhT, g.constI64([C])], 0)), [1, 0, 2, 3]); // [h, B, T, C]

@@ -106,7 +106,7 @@ function partnerMatrix(R: number, interleaved: boolean): Float32Array {
 
 /**
  * Rotates the first R dims of x [N, h, Dx] (Dx >= R; the rest passes through), with cos/sin
- * graph values [N, R] laid out as RopeTable lays them out:
+ * graph values [N, 1, R] (broadcast over the heads) laid out as RopeTable lays them out:
  *   out = x · cos + (x·Q) · sin
  * which is, pair by pair, exactly transformers' arithmetic (x1·c − x2·s, x2·c + x1·s): the
  * matmul by a signed permutation sums one product and zeros, so nothing rounds differently. Four
@@ -117,8 +117,6 @@ function partnerMatrix(R: number, interleaved: boolean): Float32Array {
 export function applyRope(g: GraphBuilder, x: string, cos: string, sin: string, R: number, Dx: number, interleaved: boolean): string {
   const rot = R === Dx ? x : g.slice(x, 2, 0, R);
   const q = g.initializer(`rope_partner_${R}_${interleaved ? 'i' : 'h'}`, DT.FLOAT, [R, R], partnerMatrix(R, interleaved));
-  const c = g.unsqueeze(cos, [1]); // [N, 1, R]
-  const s = g.unsqueeze(sin, [1]);
-  const out = g.add(g.mul(rot, c), g.mul(g.matmul(rot, q), s));
+  const out = g.add(g.mul(rot, cos), g.mul(g.matmul(rot, q), sin));
   return R === Dx ? out : g.concat([out, g.slice(x, 2, R, Dx)], 2);
 }
