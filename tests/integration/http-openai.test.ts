@@ -323,6 +323,10 @@ describe('service routes', () => {
     expect(parseMetric(text, 'moeserve:inter_token_latency_seconds_count')).toBeGreaterThan(0);
     expect(parseMetric(text, 'moeserve:e2e_request_latency_seconds_count')).toBeGreaterThan(0);
     expect(parseMetric(text, 'moeserve:kv_cache_bytes_per_token')).toBe(768); // 3 layers × 2 (K,V) × 2 KV heads × 16 × 4 bytes
+    // the decoding sequences' past kept between steps: slots × rows (a multiple of 64) × those 768 bytes
+    const past = parseMetric(text, 'moeserve:decode_past_bytes')!;
+    expect(past).toBeGreaterThan(0);
+    expect(past % (64 * 768)).toBe(0);
     expect(text).toContain(`model_name="${t.model}"`);
     for (const layer of ['0', '1', '2']) {
       const experts = Array.from({ length: 8 }, (_, e) => parseMetric(text, 'moeserve:expert_rows_total', { layer, expert: String(e) })!);

@@ -118,7 +118,7 @@ async function handle(msg: ToEngine): Promise<void> {
     }
     case 'stats': {
       if (!engine || !model) return;
-      post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), steps, stepSeconds, routing: routingSnapshot(model), experts: topology?.status() ?? null } });
+      post({ type: 'stats', stats: { running: engine.numRunning, waiting: engine.numWaiting, preemptions: engine.preemptions, kv: model.kv.stats(), decodePastBytes: model.runner.stagedPastBytes, steps, stepSeconds, routing: routingSnapshot(model), experts: topology?.status() ?? null } });
       return;
     }
     case 'rebalance': {

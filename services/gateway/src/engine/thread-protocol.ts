@@ -86,6 +86,8 @@ export interface EngineStatsSnapshot {
   readonly waiting: number;
   readonly preemptions: number;
   readonly kv: KvStats;
+  /** Bytes holding the decode group's past between steps (bounded by --decode-past-bytes). */
+  readonly decodePastBytes: number;
   /** Step counters since start. */
   readonly steps: number;
   readonly stepSeconds: number;

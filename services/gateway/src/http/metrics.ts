@@ -38,6 +38,7 @@ export class ServerMetrics implements RunObserver {
   private readonly kvBytesPerToken: Gauge;
   private readonly kvBytes: Gauge;
   private readonly kvBlocks: Gauge;
+  private readonly decodePast: Gauge;
   private readonly preemptions: Counter;
   private readonly prefixQueries: Counter;
   private readonly prefixHits: Counter;
@@ -87,6 +88,7 @@ export class ServerMetrics implements RunObserver {
     this.kvUsage = gauge('kv_cache_usage_perc', 'KV-cache usage: used blocks / all blocks (1 = full).');
     this.kvBytesPerToken = gauge('kv_cache_bytes_per_token', 'KV-cache bytes per token over all layers (the layout: GQA K+V or MLA latent).');
     this.kvBytes = gauge('kv_cache_bytes', 'KV-cache bytes, used and total.', ['state']);
+    this.decodePast = gauge('decode_past_bytes', "Bytes holding the decoding sequences' past between steps, beside the KV cache (bounded by --decode-past-bytes).");
     this.kvBlocks = gauge('kv_cache_blocks', 'KV-cache blocks: used, cached_free (free but still holding a reusable prefix) and total.', ['state']);
     this.preemptions = counter('num_preemptions_total', 'Sequences preempted (KV blocks freed, recomputed later).');
     this.prefixQueries = counter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache.');
@@ -191,6 +193,7 @@ export class ServerMetrics implements RunObserver {
     this.kvBlocks.set({ state: 'used' }, s.kv.blocksUsed);
     this.kvBlocks.set({ state: 'total' }, s.kv.blocksTotal);
     this.kvBlocks.set({ state: 'cached_free' }, s.kv.blocksCachedFree);
+    this.decodePast.set(s.decodePastBytes);
     // Counters read from the engine are set to its totals (they only grow).
     for (const [c, v] of [
       [this.preemptions, s.preemptions],
