@@ -1,12 +1,11 @@
 /**
  * bench:sharding — decode speed with the routed experts in-process vs on 2 and 4 local worker
- * processes (gRPC over Unix sockets; experts split contiguously, and 2 workers each holding
- * whole layers), on generated mixtral-perf and dsv2-perf checkpoints.
+ * processes (gRPC over Unix sockets), on generated mixtral-perf and dsv2-perf checkpoints.
  *
  * One gateway (dense runner + KV cache) is loaded once per model; the engine's RoutedExperts is
  * swapped between the topologies, which all stay up, and the measurements interleave (round r:
- * in-process, 2 workers, 4 workers, 2 workers with --placement layers) so drift on this shared
- * machine hits them alike. Per (topology, batch): the median decode step over the measured steps of every round, after
+ * in-process, 2 workers, 4 workers) so drift on this shared machine hits them alike. Per
+ * (topology, batch): the median decode step over the measured steps of every round, after
  * warm-up; printed as tokens/s and as a ratio to in-process measured in the same run, with
  * round trips per decode step and bytes on the wire per generated token. Then, where a step's
  * time goes, per topology: the gateway's units (StepProfile) and the workers' own compute time
@@ -164,13 +163,12 @@ async function benchModel(preset: string): Promise<void> {
   };
   const base = { ...DEFAULT_TOPOLOGY, modelDir: dir, runtime: DEFAULT_RUNTIME, transport: TRANSPORT, log };
   const topologies: [string, Topology][] = [];
-  const kinds = [['in-process', 0, 'contiguous'], ['2 workers', 2, 'contiguous'], ['4 workers', 4, 'contiguous'], ['2 w, layers', 2, 'layers']] as const;
-  for (const [name, workers, placement] of kinds) {
+  for (const [name, workers] of [['in-process', 0], ['2 workers', 2], ['4 workers', 4]] as const) {
     const nodeArgs = WORKER_PROF && workers > 0 ? ['--cpu-prof', `--cpu-prof-dir=${WORKER_PROF}`] : undefined;
-    topologies.push([name, await startTopology(cfg, { ...base, workers, placement, workerNodeArgs: nodeArgs })]);
+    topologies.push([name, await startTopology(cfg, { ...base, workers, workerNodeArgs: nodeArgs })]);
   }
   const loadS = (performance.now() - t0) / 1000;
-  process.stdout.write(`\n## ${preset}  (${cfg.architecture}, hidden ${cfg.hiddenSize}, ${cfg.numLayers} layers, ${cfg.moe.nRoutedExperts} experts top-${cfg.moe.nActivatedExperts}${cfg.moe.shared ? ' + shared' : ''}; gateway + ${kinds.reduce((n, k) => n + k[1], 0)} workers up in ${loadS.toFixed(0)} s)\n`);
+  process.stdout.write(`\n## ${preset}  (${cfg.architecture}, hidden ${cfg.hiddenSize}, ${cfg.numLayers} layers, ${cfg.moe.nRoutedExperts} experts top-${cfg.moe.nActivatedExperts}${cfg.moe.shared ? ' + shared' : ''}; gateway + 7 workers up in ${loadS.toFixed(0)} s)\n`);
   for (const [name, t] of topologies) process.stdout.write(`  ${name}: ${t.description}\n`);
 
   const samples = new Map<string, Sample>();

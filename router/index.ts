@@ -13,7 +13,7 @@
  * - src/options.ts    the topology's CLI flags -> frozen TopologyOptions
  */
 export * from './src/types.js';
-export { contiguous, roundRobin, explicit, basePlacement, layerHomes, placementOf, heldBy, describePlacement, parseReplicate, replicate, uniformPlacement, placementFromHeld, expertsOf, describeHomes, type ExpertHomes } from './src/placement.js';
+export { contiguous, roundRobin, explicit, basePlacement, parseReplicate, replicate, uniformPlacement, placementFromHeld, expertsOf, describeHomes, type ExpertHomes } from './src/placement.js';
 export { planDispatch, DispatchPlan, ShardedExperts } from './src/dispatch.js';
 export { WorkerClient, grpcTarget, heldOf, type ModelIdentity } from './src/client.js';
 export { RoutingStats, type RoutingStatsSnapshot } from './src/stats.js';

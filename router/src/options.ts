@@ -29,8 +29,7 @@ export const TOPOLOGY_FLAGS = {
 
 export const TOPOLOGY_HELP = `  --workers N            start N local expert workers (child processes); 0 = experts in-process (default 0)
   --worker-addrs LIST    use running workers: host:port or unix:/path, comma-separated
-  --placement P          contiguous | round-robin | explicit "0-2;3-5;6,7" | layers (every expert of a
-                         layer on one worker, layers in blocks: one request per layer; default contiguous)
+  --placement P          contiguous | round-robin | explicit "0-2;3-5;6,7" (default contiguous)
   --replicate R          all | N | expert:count,... (hot experts on several workers)
   --worker-transport T   unix | tcp for local workers (default unix)
   --expert-deadline-ms N deadline of every gateway<->worker exchange (default ${DEFAULT_DISPATCH.deadlineMs})

@@ -7,26 +7,21 @@
  *   round-robin   expert e lives on worker e mod W (8 on 3: 0,3,6 | 1,4,7 | 2,5)
  *   explicit      "0-2;3-5;6,7": one expert list per worker, separated by ';' (an expert may be
  *                 listed on several workers: those are replicas)
- *   layers        every expert of a MoE layer on one worker, the layers in contiguous blocks
- *                 (8 MoE layers on 2 workers: layers 0-3 | 4-7 of the MoE layers). A step then
- *                 sends one request per MoE layer instead of one per worker holding a chosen
- *                 expert: fewer round trips, and no parallel compute within a layer, which local
- *                 workers sharing one machine's cores do not get anyway.
  * then `replicate` adds replicas on the next workers after the home (w+1, w+2, ... mod W):
  *   all           every expert on every worker
  *   N             every expert on N workers
  *   e:n,e:n       hot experts only (expert e on n workers)
- * Every MoE layer gets the same layout, except with `layers`; `placementFromHeld` builds a
- * per-layer placement from what running workers report (Info), which may differ per layer.
+ * Every MoE layer gets the same layout here; `placementFromHeld` builds a per-layer placement
+ * from what running workers report (Info), which may differ per layer.
  */
 import { ServerError } from '../../services/common/src/errors.js';
-import { contiguousShare, formatExpertsSpec, parseIdList } from '../../services/model/src/experts-spec.js';
+import { contiguousShare, parseIdList } from '../../services/model/src/experts-spec.js';
 import type { Placement } from './types.js';
 
 /** expert -> worker indices (ascending). */
 export type ExpertHomes = number[][];
 
-export const PLACEMENT_KINDS = ['contiguous', 'round-robin', 'layers'] as const;
+export const PLACEMENT_KINDS = ['contiguous', 'round-robin'] as const;
 
 function invalid(msg: string, param = 'placement'): never {
   throw new ServerError('invalid_request', msg, { param });
@@ -69,49 +64,7 @@ export function basePlacement(kind: string, numExperts: number, numWorkers: numb
   if (kind === 'contiguous') return contiguous(numExperts, numWorkers);
   if (kind === 'round-robin') return roundRobin(numExperts, numWorkers);
   if (/^[\d,;\s-]+$/.test(kind)) return explicit(kind, numExperts, numWorkers);
-  return invalid(`--placement must be contiguous, round-robin, layers or an explicit map like "0-2;3-5;6,7", got "${kind}"`);
-}
-
-/**
- * --placement and --replicate -> each MoE layer's homes. `layers`: MoE layer j of L (in order)
- * lives on worker w for j in contiguousShare(L, w, W); the others give every layer the same homes.
- */
-export function layerHomes(kind: string, replicateSpec: string, numExperts: number, numWorkers: number, moeLayers: readonly number[]): Map<number, ExpertHomes> {
-  const want = (W: number) => parseReplicate(replicateSpec, numExperts, W);
-  if (kind !== 'layers') {
-    const homes = replicate(basePlacement(kind, numExperts, numWorkers), want(numWorkers), numWorkers);
-    return new Map(moeLayers.map((l) => [l, homes]));
-  }
-  if (!Number.isInteger(numWorkers) || numWorkers < 1) invalid(`need at least one worker, got ${numWorkers}`, 'workers');
-  if (numWorkers > moeLayers.length) invalid(`${numWorkers} workers for ${moeLayers.length} MoE layers: with --placement layers some workers would hold nothing`, 'workers');
-  const copies = want(numWorkers);
-  const byLayer = new Map<number, ExpertHomes>();
-  for (let w = 0; w < numWorkers; w++) {
-    for (const j of contiguousShare(moeLayers.length, w, numWorkers)) {
-      byLayer.set(moeLayers[j]!, replicate(Array.from({ length: numExperts }, () => [w]), copies, numWorkers));
-    }
-  }
-  return byLayer;
-}
-
-/** A placement from each MoE layer's homes. */
-export function placementOf(byLayer: ReadonlyMap<number, ExpertHomes>, numExperts: number, numWorkers: number): Placement {
-  const layers = new Map<number, readonly (readonly number[])[]>();
-  for (const [l, homes] of byLayer) layers.set(l, Object.freeze(homes.map((h) => Object.freeze([...h]))));
-  return Object.freeze({ numWorkers, numExperts, layers });
-}
-
-/** What worker w holds: MoE layer -> its experts there (empty where it holds none of a layer). */
-export function heldBy(byLayer: ReadonlyMap<number, ExpertHomes>, w: number): Map<number, number[]> {
-  return new Map([...byLayer].map(([l, homes]) => [l, expertsOf(homes, w)]));
-}
-
-/** One line: describeHomes when every layer has the same homes, else each worker's --experts spec. */
-export function describePlacement(byLayer: ReadonlyMap<number, ExpertHomes>, numWorkers: number): string {
-  const all = [...byLayer.values()];
-  if (all.every((h) => h === all[0])) return describeHomes(all[0] ?? [], numWorkers);
-  const layers = [...byLayer.keys()];
-  return Array.from({ length: numWorkers }, (_, w) => `w${w}: ${formatExpertsSpec(heldBy(byLayer, w), layers)}`).join(' | ');
+  return invalid(`--placement must be contiguous, round-robin or an explicit map like "0-2;3-5;6,7", got "${kind}"`);
 }
 
 /** expert -> replica count wanted. */
@@ -150,7 +103,8 @@ export function replicate(homes: ExpertHomes, want: Int32Array, numWorkers: numb
 
 /** The same homes for every MoE layer. */
 export function uniformPlacement(homes: ExpertHomes, moeLayers: readonly number[], numWorkers: number): Placement {
-  return placementOf(new Map(moeLayers.map((l) => [l, homes])), homes.length, numWorkers);
+  const frozen = Object.freeze(homes.map((h) => Object.freeze([...h])));
+  return Object.freeze({ numWorkers, numExperts: homes.length, layers: new Map(moeLayers.map((l) => [l, frozen])) });
 }
 
 /** Experts of one worker (the same for every layer of a uniform placement). */

@@ -33,7 +33,7 @@ import { spawnWorker, stopProcess } from '../../workers/src/spawn.js';
 import { grpcTarget, heldOf, WorkerClient, type ModelIdentity } from './client.js';
 import { backoffMs } from './deadline.js';
 import { ShardedExperts } from './dispatch.js';
-import { describePlacement, heldBy, layerHomes, placementFromHeld, placementOf } from './placement.js';
+import { basePlacement, describeHomes, expertsOf, parseReplicate, placementFromHeld, replicate, uniformPlacement } from './placement.js';
 import { DEFAULT_REBALANCE, Rebalancer, type RebalanceOptions } from './rebalance.js';
 import { RoutingStats } from './stats.js';
 import { DEFAULT_DISPATCH, type DispatchOptions, type LogFn, type Placement, type RoutedExperts } from './types.js';
@@ -270,8 +270,8 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
   const X = cfg.moe.nRoutedExperts;
   const N = opts.workers;
   const layers = moeLayers(cfg);
-  const byLayer = layerHomes(opts.placement, opts.replicate ?? '', X, N, layers);
-  const placement = placementOf(byLayer, X, N);
+  const homes = replicate(basePlacement(opts.placement, X, N), parseReplicate(opts.replicate ?? '', X, N), N);
+  const placement = uniformPlacement(homes, layers, N);
   const sockDir = opts.transport === 'unix' ? fs.mkdtempSync(path.join(os.tmpdir(), 'moeserve-')) : null;
   /** [N] the current child of each worker (replaced on restart). */
   const children: ChildProcess[] = [];
@@ -296,7 +296,7 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
   try {
     const ready = await Promise.all(
       Array.from({ length: N }, (_, i) => {
-        const held = heldBy(byLayer, i);
+        const held = new Map(layers.map((l) => [l, expertsOf(homes, i)]));
         const listen = sockDir ? ['--socket', path.join(sockDir, `w${i}.sock`)] : ['--port', '0'];
         argsOf[i] = [
           '--model',
@@ -380,7 +380,7 @@ async function startLocal(cfg: MoeModelConfig, opts: TopologyOptions, identity: 
       placement,
       rebalancer,
       workers,
-      description: `${N} local workers (${opts.transport}): ${describePlacement(byLayer, N)}`,
+      description: `${N} local workers (${opts.transport}): ${describeHomes(homes, N)}`,
       lastError: () => experts.lastError,
       status: () => expertsStatus(experts.placement, clients, restarts),
       onChange: () => undefined,

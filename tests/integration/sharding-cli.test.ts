@@ -40,6 +40,6 @@ describe('EXPECTED FAILURE - bad topology flags are clear errors', () => {
   it('an unknown placement', async () => {
     const r = await runCli([...base, '--workers', '2', '--placement', 'random']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/--placement must be contiguous, round-robin, layers or an explicit map/);
+    expect(r.stderr).toMatch(/--placement must be contiguous, round-robin or an explicit map/);
   });
 });

@@ -3,7 +3,7 @@
  * uneven counts (8 experts on 3 workers), explicit maps, replicas of hot experts, and clear errors.
  */
 import { describe, expect, it } from 'vitest';
-import { basePlacement, contiguous, describeHomes, describePlacement, explicit, expertsOf, heldBy, layerHomes, parseReplicate, placementFromHeld, placementOf, replicate, roundRobin, uniformPlacement } from '../../router/src/placement.js';
+import { basePlacement, contiguous, describeHomes, explicit, expertsOf, parseReplicate, placementFromHeld, replicate, roundRobin, uniformPlacement } from '../../router/src/placement.js';
 import { formatExpertsSpec, formatIdList, parseExpertsSpec, parseIdList } from '../../services/model/src/experts-spec.js';
 import { ServerError } from '../../services/common/src/errors.js';
 import { readModelConfig } from '../../services/model/src/model-dir.js';
@@ -61,34 +61,6 @@ describe('replicas', () => {
   });
 });
 
-describe('--placement layers: every expert of a MoE layer on one worker', () => {
-  const moe = [1, 2, 3, 4, 5, 6, 7, 8]; // layer 0 dense
-
-  it('8 MoE layers on 3 workers: layers 1-3 | 4-6 | 7-8 (extra layers first), all 16 experts each', () => {
-    const byLayer = layerHomes('layers', '', 16, 3, moe);
-    expect([...byLayer.keys()]).toEqual(moe);
-    const workerOf = moe.map((l) => byLayer.get(l)![0]![0]);
-    expect(workerOf).toEqual([0, 0, 0, 1, 1, 1, 2, 2]);
-    for (const l of moe) expect(byLayer.get(l)!.every((h) => h.length === 1 && h[0] === byLayer.get(l)![0]![0])).toBe(true);
-    expect([...heldBy(byLayer, 2)]).toEqual([...moe.map((l) => [l, l >= 7 ? [...Array(16).keys()] : []])]);
-    expect(describePlacement(byLayer, 3)).toBe('w0: 1:0-15;2:0-15;3:0-15 | w1: 4:0-15;5:0-15;6:0-15 | w2: 7:0-15;8:0-15');
-  });
-
-  it('with --replicate 2 each layer also lives on the next worker; the placement is per layer', () => {
-    const byLayer = layerHomes('layers', '2', 4, 2, [1, 2]);
-    expect(byLayer.get(1)).toEqual([[0, 1], [0, 1], [0, 1], [0, 1]]);
-    const p = placementOf(byLayer, 4, 2);
-    expect(p.layers.get(2)).toEqual([[0, 1], [0, 1], [0, 1], [0, 1]]);
-  });
-
-  it('the other kinds give every layer the same homes (and describe as before)', () => {
-    const byLayer = layerHomes('contiguous', '', 8, 3, [1, 2]);
-    expect(byLayer.get(1)).toEqual(contiguous(8, 3));
-    expect(byLayer.get(2)).toBe(byLayer.get(1));
-    expect(describePlacement(byLayer, 3)).toBe('w0: 0,1,2 | w1: 3,4,5 | w2: 6,7');
-  });
-});
-
 describe('placement from what running workers hold', () => {
   it('per layer, replicas where two workers hold the same expert', () => {
     const held = [new Map([[1, [0, 1]], [2, [0, 1, 2, 3]]]), new Map([[1, [1, 2, 3]], [2, [3]]])];
@@ -116,11 +88,10 @@ describe('EXPECTED FAILURE - bad placement input', () => {
     expect((err as Error).message).toMatch(re);
   };
   it('more workers than experts', () => bad(() => contiguous(2, 3), /3 workers for 2 experts/));
-  it('more workers than MoE layers with --placement layers', () => bad(() => layerHomes('layers', '', 8, 3, [1, 2]), /3 workers for 2 MoE layers/));
   it('an explicit map with the wrong number of workers', () => bad(() => explicit('0-3;4-7', 8, 3), /lists 2 workers; there are 3/));
   it('an explicit map that forgets an expert', () => bad(() => explicit('0-2;3-5;6', 8, 3), /expert 7 on no worker/));
   it('an explicit map naming an expert out of range', () => bad(() => explicit('0-2;3-5;6-8', 8, 3), /expert 8 out of range/));
-  it('an unknown placement kind', () => bad(() => basePlacement('random', 8, 2), /contiguous, round-robin, layers or an explicit map/));
+  it('an unknown placement kind', () => bad(() => basePlacement('random', 8, 2), /contiguous, round-robin or an explicit map/));
   it('more replicas than workers', () => bad(() => parseReplicate('3', 8, 2), /in \[1, 2\]/));
   it('a malformed --replicate', () => bad(() => parseReplicate('hot', 8, 2), /expert:count pairs/));
 });
