@@ -205,10 +205,8 @@ export function buildMlaAttention(g: GraphBuilder, ws: WeightSource, cfg: MoeMod
   const kvAName = W.attn(layer, 'kv_a_proj_with_mqa');
   let xBias: string | undefined;
   if (bias) {
-    const b = new Float32Array(Q1 + C + R);
-    if (a.qLoraRank !== null) b.set(ws.readF32(W.attn(layer, 'q_a_proj', 'bias')));
-    b.set(ws.readF32(W.attn(layer, 'kv_a_proj_with_mqa', 'bias')), Q1);
-    xBias = g.initializer(`layers.${layer}.self_attn.q_kv_a_proj.bias`, DT.FLOAT, [Q1 + C + R], b);
+    const q1Bias = a.qLoraRank === null ? new Float32Array(Q1) : W.attn(layer, 'q_a_proj', 'bias');
+    xBias = g.initializer(`layers.${layer}.self_attn.q_kv_a_proj.bias`, DT.FLOAT, [Q1 + C + R], concatRows(ws, [q1Bias, W.attn(layer, 'kv_a_proj_with_mqa', 'bias')]));
   }
   const fromX = projection(g, x, `layers.${layer}.self_attn.q_kv_a_proj.weight`, concatRows(ws, [q1Name, kvAName]), Q1 + C + R, H, opts, xBias);
   const [q1, kvA] = g.split(fromX, 1, [Q1, C + R]) as [string, string];
@@ -289,8 +287,9 @@ function splitKvB(kvB: Float32Array, h: number, Dn: number, Dv: number, C: numbe
   return { wUK, wUVt };
 }
 
-function concatRows(ws: WeightSource, names: string[]): Float32Array {
-  const parts = names.map((n) => ws.readF32(n));
+/** The named checkpoint tensors (or given values: a part a checkpoint lacks, e.g. q_proj's absent bias as zeros) end to end. */
+function concatRows(ws: WeightSource, sources: (string | Float32Array)[]): Float32Array {
+  const parts = sources.map((n) => (typeof n === 'string' ? ws.readF32(n) : n));
   const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
   let off = 0;
   for (const p of parts) {
