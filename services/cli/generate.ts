@@ -33,7 +33,7 @@ const HELP = `usage: moeserve generate --model DIR (--prompt-ids 1,2,3 | --promp
   --no-cache             recompute the whole sequence every step (the reference path)
   --device cpu|cuda      execution provider (default cpu; cuda falls back to cpu)
   --mla auto|absorbed|naive  MLA attention form (default ${RUNTIME_FLAGS.mla.default})
-  --threads N            ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
+  --threads N            ONNX Runtime intra-op threads, one pool per process (default ${RUNTIME_FLAGS.threads.default}: the cores)
   --quantization Q       weight format: none (fp32, exact) | int8 (weight-only, blocks of 32) (default ${RUNTIME_FLAGS.quantization.default})
 expert workers (the output is the same as in one process):
 ${TOPOLOGY_HELP}`;
@@ -79,10 +79,13 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new ServerError('invalid_request', `--max-tokens must be a positive integer, got ${values['max-tokens']}`);
 
   const log = (msg: string, level: string) => process.stderr.write(`[${level}] ${msg}\n`);
-  const runtime = runtimeFromFlags(values, log);
-  const topoOpts = topologyFromFlags(values, dir, runtime, log);
+  const flagged = runtimeFromFlags(values, log);
+  const topoOpts = topologyFromFlags(values, dir, flagged, log);
+  const remoteExperts = topoOpts.workers > 0 || !!topoOpts.workerAddrs;
+  // The pool spins only where this process runs every unit of a step (runtime/onnx.ts).
+  const runtime = { ...flagged, poolSpinning: !remoteExperts };
   let topology: Topology | null = null;
-  if (topoOpts.workers > 0 || topoOpts.workerAddrs) {
+  if (remoteExperts) {
     topology = await startTopology(readModelConfig(dir), topoOpts);
     log(topology.description, 'info');
   }

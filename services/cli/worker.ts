@@ -22,7 +22,7 @@ const HELP = `usage: moeserve worker --model DIR [--experts SPEC] [--port P | --
   --host H                 address to listen on (default 127.0.0.1; 0.0.0.0 for other nodes)
   --socket PATH            listen on a Unix socket instead of TCP
   --device cpu|cuda[:N]    execution provider (cuda falls back to cpu with a warning) (default cpu)
-  --threads N              ONNX Runtime intra-op threads per session (default ${RUNTIME_FLAGS.threads.default}: the cores)
+  --threads N              ONNX Runtime intra-op threads, one pool per process (default ${RUNTIME_FLAGS.threads.default}: the cores)
   --quantization Q         weight format of the experts: none (fp32) | int8 (default ${RUNTIME_FLAGS.quantization.default})
   --max-message-bytes N    gRPC send/receive limit (default ${DEFAULT_MAX_MESSAGE_BYTES})
   --tls-cert F --tls-key F serve TLS with this certificate and key (PEM)

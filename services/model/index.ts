@@ -6,7 +6,8 @@
  * the lazy strict safetensors reader and HF-exact writer (src/checkpoint/), make-checkpoint presets,
  * ONNX graphs built in TypeScript for each unit — attention (GQA, MLA naive/absorbed), MLPs,
  * shared and routed experts, embedding, LM head (src/graphs/, src/onnx/) — and the only module that
- * imports onnxruntime-node (src/runtime/onnx.ts).
+ * imports onnxruntime-node (src/runtime/onnx.ts), with the C addon that gives ONNX Runtime one
+ * thread pool per process (native/ort_env.c, built by scripts/build-native.mjs at npm install).
  */
 export { allExperts, moeLayers, parseModelConfig, SUPPORTED_ARCHITECTURES, type MoeModelConfig } from './src/config.js';
 export { modelFingerprint, openModelDir, readModelConfig, type ModelDir } from './src/model-dir.js';

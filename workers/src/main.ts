@@ -57,8 +57,10 @@ export async function startWorker(opts: WorkerOptions, log: Logger): Promise<Run
   let bytesRead = 0;
   let shard: ExpertShard;
   const experts = parseExpertsSpec(opts.experts, cfg);
+  // A worker's pool does not spin: between requests it waits on the gateway, whose core it would hold.
+  const runtime = { ...opts.runtime, poolSpinning: false };
   try {
-    shard = await ExpertShard.load(cfg, checkpoint, experts, opts.runtime);
+    shard = await ExpertShard.load(cfg, checkpoint, experts, runtime);
     bytesRead = checkpoint.bytesRead;
   } finally {
     // Sessions own copies of the weights; the files are not needed any more.
@@ -74,7 +76,7 @@ export async function startWorker(opts: WorkerOptions, log: Logger): Promise<Run
   const loader: ShardLoader = async (wanted: ShardExperts) => {
     const ckpt = Checkpoint.open(opts.modelDir);
     try {
-      const s = await ExpertShard.load(cfg, ckpt, wanted, opts.runtime);
+      const s = await ExpertShard.load(cfg, ckpt, wanted, runtime);
       return { shard: s, bytesRead: ckpt.bytesRead };
     } finally {
       ckpt.close();

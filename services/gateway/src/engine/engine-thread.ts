@@ -47,9 +47,12 @@ port.on('message', (msg: ToEngine) => {
 });
 
 async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
-  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
+  const remoteExperts = !!o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0);
+  // The pool spins only where this process runs every unit of a step: waiting on workers, it
+  // would hold a core they need.
+  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, poolSpinning: !remoteExperts, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
   let experts: RoutedExperts | undefined;
-  if (o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0)) {
+  if (o.experts && remoteExperts) {
     topology = await startTopology(readModelConfig(modelDir), { ...o.experts, modelDir, runtime, log });
     experts = topology.experts;
     // Workers going down or coming back reach the host at once (its /health reads the last status).

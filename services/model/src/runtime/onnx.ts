@@ -23,10 +23,16 @@
  *   binding directly, on the thread that owns them; callers keep that off any event loop that
  *   serves HTTP (the engine runs in a worker thread). A synchronous call also serializes the runs
  *   of a session by construction.
- * - Threads: every session gets `intraOpThreads` (default: the machine's cores) with spinning
- *   off. The node binding has no global thread pool, so each session owns one; a pool that spins
- *   after its run holds a core the next session's run needs (measured before this: 2 spinning
- *   threads per session ran 6× slower than 1 thread).
+ * - Threads: one intra-op pool per process, shared by its sessions. The node binding creates ORT's
+ *   environment without global pools, so each session would own a pool: ~25 runs a decode step,
+ *   each waking its pool's sleeping threads at every parallel section (spinning pools instead hold
+ *   the cores the next session needs: 2 spinning threads per session ran 6× slower than 1). The
+ *   ort_env addon (native/ort_env.c, built at npm install) creates the environment first, with
+ *   one pool of `intraOpThreads` threads; the binding's environment is then that one (a process
+ *   singleton) and sessions run on it (session.use_per_session_threads = 0). The pool spins
+ *   between runs where `poolSpinning` says so, the process running every unit of a step. Where the
+ *   addon is not built, or a session asks for another thread count, the session gets its own
+ *   pool, not spinning, as before.
  * - Outputs are the binding's own copies: it copies every output into a new JS buffer even when
  *   handed a preallocated tensor (measured), so preallocating would save nothing; none is offered.
  */
@@ -51,10 +57,19 @@ export interface RuntimeOptions {
   /** CUDA device index. @defaultValue 0 */
   readonly deviceId: number;
   /**
-   * ORT intra-op threads per session (pools do not spin, so sessions do not fight over cores).
+   * ORT intra-op threads: the size of the process's shared pool (set by its first session; a
+   * session asking for another count gets a pool of its own).
    * @defaultValue the machine's cores (`os.availableParallelism()`)
    */
   readonly intraOpThreads: number;
+  /**
+   * Whether the process's shared pool spins between runs (its threads stay awake for the next
+   * parallel section instead of being woken for each). Set by the process's first session. On in
+   * a process that runs every unit of a step; off in one that waits on other processes (a gateway
+   * with expert workers, the workers): a spinning pool would hold a core they need.
+   * @defaultValue true
+   */
+  readonly poolSpinning?: boolean;
   /** Weight format of the linear projections (graphs/linear.ts). @defaultValue 'none' (fp32) */
   readonly quantization?: Quantization;
   /** Called once with the provider actually chosen. */
@@ -127,12 +142,41 @@ interface LoadedBinding {
   readonly version: string;
   /** Why CUDA cannot run in this process, or null while it may. */
   cudaProblem: string | null;
+  /** The process's shared intra-op pool, or null (sessions own theirs: `poolProblem` says why). */
+  readonly pool: ThreadPool | null;
+  readonly poolProblem: string | null;
+}
+
+/** ONNX Runtime's process-wide intra-op pool (the ort_env addon). */
+export interface ThreadPool {
+  readonly threads: number;
+  readonly spinning: boolean;
+}
+
+/** Where scripts/build-native.mjs builds the ort_env addon (native/ort_env.c). */
+export const ORT_ENV_ADDON = fileURLToPath(new URL('../../../../.cache/native/ort_env.node', import.meta.url));
+
+/**
+ * Creates ORT's environment with one shared pool before the binding loads (ort_env.c says how).
+ * Called by each thread that loads the binding; the first call of the process decides the pool.
+ */
+function createPool(threads: number, spinning: boolean): { pool: ThreadPool | null; problem: string | null } {
+  if (!fs.existsSync(ORT_ENV_ADDON)) return { pool: null, problem: `the ort_env addon is not built (${ORT_ENV_ADDON}; npm run build:native)` };
+  const lib = path.join(path.dirname(localRequire.resolve('onnxruntime-node/package.json')), 'bin/napi-v6', process.platform, process.arch, 'libonnxruntime.so.1');
+  try {
+    const addon = { exports: {} } as NodeJS.Module;
+    process.dlopen(addon, ORT_ENV_ADDON);
+    const pool = (addon.exports as { initEnv(lib: string, threads: number, spinning: boolean): ThreadPool }).initEnv(lib, threads, spinning);
+    return { pool, problem: null };
+  } catch (err) {
+    return { pool: null, problem: `the ort_env addon failed: ${(err as Error).message}` };
+  }
 }
 
 let loaded: LoadedBinding | null = null;
 
 /** Loads the binding on the first session: the GPU pair if that session asks for CUDA and it checks out. */
-function binding(wantCuda: boolean): LoadedBinding {
+function binding(wantCuda: boolean, opts: RuntimeOptions): LoadedBinding {
   if (loaded) return loaded;
   const problem = wantCuda ? cudaRuntimeProblem() : 'this process loaded the CPU onnxruntime-node first (a CPU session came first)';
   if (problem === null) {
@@ -142,11 +186,12 @@ function binding(wantCuda: boolean): LoadedBinding {
     // libraries, no GPU) is then our one warning with the reason (cudaLoadReason), not also an
     // ORT error line on stderr. Failures still reach us as exceptions with ORT's message.
     (createRequire(pkg)('onnxruntime-common') as Pick<typeof ort, 'env'>).env.logLevel = 'fatal'; // read by initOrt()
-    loaded = { native, version: CUDA_ORT_VERSION, cudaProblem: null };
+    loaded = { native, version: CUDA_ORT_VERSION, cudaProblem: null, pool: null, poolProblem: "the GPU pair keeps ONNX Runtime's own environment" };
   } else {
     // onnxruntime-node declares no `exports` map, so its dist files are reachable; the version is
     // pinned in package.json because this reaches past the public API.
-    loaded = { native: localRequire('onnxruntime-node/dist/binding.js') as Binding, version: common.env.versions.common, cudaProblem: problem };
+    const { pool, problem: poolProblem } = createPool(opts.intraOpThreads, opts.poolSpinning ?? true);
+    loaded = { native: localRequire('onnxruntime-node/dist/binding.js') as Binding, version: common.env.versions.common, cudaProblem: problem, pool, poolProblem };
   }
   return loaded;
 }
@@ -160,8 +205,8 @@ const PROVIDERS: Readonly<Record<Device, (o: RuntimeOptions) => ort.InferenceSes
 let logged: 'nothing' | 'choice' | 'warning' = 'nothing';
 
 /** The device a request resolves to in this process (loads the binding if no session did). */
-export function resolveDevice(requested: Device): Device {
-  return requested === 'cuda' && binding(true).cudaProblem === null ? 'cuda' : 'cpu';
+export function resolveDevice(requested: Device, opts: RuntimeOptions = DEFAULT_RUNTIME): Device {
+  return requested === 'cuda' && binding(true, opts).cudaProblem === null ? 'cuda' : 'cpu';
 }
 
 function fp16Refused(why: string | null): ServerError {
@@ -224,6 +269,10 @@ function cudaLoadReason(ortMessage: string): string {
 }
 
 const NO_RUN_OPTIONS = Object.freeze({});
+/** Session config: run on the process's shared pool. */
+const SHARED_POOL = Object.freeze({ session: { use_per_session_threads: '0' } });
+/** Session config: a pool of its own that sleeps between runs (it would hold cores other sessions need). */
+const OWN_POOL = Object.freeze({ session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } });
 
 /** One ONNX Runtime session for one model unit (embedding, attention of a layer, experts, ...). */
 export class OrtSession {
@@ -239,17 +288,18 @@ export class OrtSession {
   }
 
   static async create(name: string, model: Uint8Array, opts: RuntimeOptions = DEFAULT_RUNTIME): Promise<OrtSession> {
-    const b = binding(opts.device === 'cuda');
+    const b = binding(opts.device === 'cuda', opts);
     let device: Device = opts.device === 'cuda' && b.cudaProblem === null ? 'cuda' : 'cpu';
     const fallback = () => (opts.device === 'cuda' ? b.cudaProblem : null);
     if (device === 'cpu' && opts.quantization === 'fp16') throw fp16Refused(fallback());
+    const shared = b.pool !== null && b.pool.threads === opts.intraOpThreads;
     const common: ort.InferenceSession.SessionOptions = {
       intraOpNumThreads: opts.intraOpThreads,
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
       executionMode: 'sequential',
       logSeverityLevel: 3,
-      extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
+      extra: shared ? SHARED_POOL : OWN_POOL,
     };
     b.native.initOrt();
     const load = (providers: ort.InferenceSession.ExecutionProviderConfig[]): BindingSession => {
@@ -272,10 +322,11 @@ export class OrtSession {
     const why = fallback();
     if (logged === 'nothing' || (why !== null && logged !== 'warning')) {
       logged = why !== null ? 'warning' : 'choice';
+      const threads = shared ? `one pool of ${opts.intraOpThreads} threads for the process${b.pool!.spinning ? ', spinning between runs' : ''}` : `${opts.intraOpThreads} threads per session${b.poolProblem ? ` (${b.poolProblem})` : ''}`;
       const msg =
         why !== null
-          ? `onnxruntime ${b.version}: --device cuda requested but ${why}; running on cpu, ${opts.intraOpThreads} threads per session`
-          : `onnxruntime ${b.version}: execution provider ${device}${device === 'cuda' ? ` (device ${opts.deviceId})` : ''}, ${opts.intraOpThreads} threads per session`;
+          ? `onnxruntime ${b.version}: --device cuda requested but ${why}; running on cpu, ${threads}`
+          : `onnxruntime ${b.version}: execution provider ${device}${device === 'cuda' ? ` (device ${opts.deviceId})` : ''}, ${threads}`;
       opts.log?.(msg, why !== null ? 'warn' : 'info');
     }
     return new OrtSession(name, session, device);
