@@ -2,7 +2,8 @@
  * The cached engine (paged KV cache, incremental decode, continuous batching) against its oracle,
  * the recomputing reference path, and against the golden fixtures:
  * - cached incremental decode equals the fixtures (ids exact, logits within tolerance);
- * - a batch of mixed lengths (1, 7 and 33 tokens together) gives what each gives alone;
+ * - a batch of mixed lengths (1, 7 and 33 tokens together) gives what each gives alone, and so do
+ *   equal-length prompts, which prefill as one attention group;
  * - MLA absorbed equals MLA naive;
  * - keeping the decode group's past between steps equals gathering it every step, while
  *   sequences join, leave and reuse KV ids and the past outgrows its slots;
@@ -46,6 +47,21 @@ for (const fixture of FIXTURES) {
         expect(alone!.greedy_ids).toEqual(batched[i]!.greedy_ids);
         expect(alone!.top5_ids).toEqual(batched[i]!.top5_ids);
         expect(maxAbsDiff(alone!.last_logits, batched[i]!.last_logits)).toBeLessThanOrEqual(1e-5);
+      }
+    });
+
+    it('equal-length prompts prefill as one attention group: each gives what it gives alone, the fixture prompt the fixture', async () => {
+      // Three 7-token prompts (the fixture's, the long prompt's first 7 tokens, the fixture's reversed).
+      const p7 = expected.prompts.len7.input_ids;
+      const prompts = [p7, expected.prompts.len33.input_ids.slice(0, 7), [...p7].reverse()];
+      const together = await generateCached(model.engine, prompts, PARAMS);
+      expect(together[0]!.greedy_ids).toEqual(expected.prompts.len7.greedy_ids);
+      expect(maxAbsDiff(together[0]!.last_logits, expected.prompts.len7.last_logits)).toBeLessThanOrEqual(expected.tolerances.last_logits.atol);
+      for (let i = 0; i < prompts.length; i++) {
+        const [alone] = await generateCached(model.engine, [prompts[i]!], PARAMS);
+        expect(together[i]!.greedy_ids).toEqual(alone!.greedy_ids);
+        expect(together[i]!.top5_ids).toEqual(alone!.top5_ids);
+        expect(maxAbsDiff(together[i]!.last_logits, alone!.last_logits)).toBeLessThanOrEqual(1e-5);
       }
     });
 

@@ -4,10 +4,12 @@
  * and handing routed experts to a `RoutedExperts` (in-process shard, or the router's gRPC fan-out).
  *
  * Batch layout. The step's sequences are split into attention groups: all single-token sequences
- * (decodes) form one group [B, T=1]; each multi-token sequence (prefill chunk) is its own group
- * [1, T]. So no query row is ever padding; only the past axis is padded to the group's longest
- * past. Rows of all groups are concatenated (group by group, sequence-major) into the step's row
- * space [N, H], which the MLP / MoE half of every layer processes in one go.
+ * (decodes) form one group [B, T=1]; multi-token sequences (prefill chunks) form groups [B, T]
+ * by (chunk length, past length), up to PREFILL_GROUP_ROWS rows each: equal prompts prefill in
+ * one run per layer, not one each. So no query row is ever padding; only the decode group's past
+ * axis is padded to its longest past. Rows of all groups are concatenated (group by group,
+ * sequence-major) into the step's row space [N, H], which the MLP / MoE half of every layer
+ * processes in one go.
  *
  * Letters: N rows in the step, H hidden, V vocab, A activated experts, X routed experts,
  * B sequences in a group, T query slots, P past slots, L = P + T, E cache row elements, R rotary dims.
@@ -122,9 +124,45 @@ interface GroupPlan {
   readonly staged: boolean;
 }
 
+/**
+ * Query rows a prefill group takes at most; more sequences of its shape start another group.
+ * Prefill of 16 64-token prompts, attention ms (2 runs each): mixtral-perf one group per
+ * sequence 657/698, 256 rows 426/476, one group 498/458; dsv2-perf 688/855, 713/874, 957/1083
+ * (MLA's naive form expands per-head keys and values: a group's intermediates outgrow the caches).
+ */
+const PREFILL_GROUP_ROWS = 256;
+
+/**
+ * The step's attention groups, as indices into `seqs`: the decodes (one token each) first, then
+ * the prefill chunks by (length, past length), so no query row and no past slot of a chunk is
+ * padding, at most `maxPrefillRows` query rows a group; each group's members in step order.
+ */
+export function attentionGroups(seqs: readonly ForwardSeq[], maxPrefillRows = PREFILL_GROUP_ROWS): number[][] {
+  const decodes: number[] = [];
+  const prefills: number[][] = [];
+  const open = new Map<string, number[]>();
+  for (let s = 0; s < seqs.length; s++) {
+    const q = seqs[s]!;
+    const T = q.tokens.length;
+    if (T === 1) {
+      decodes.push(s);
+      continue;
+    }
+    const key = `${T}:${q.pastLen}`;
+    const members = open.get(key);
+    if (members && (members.length + 1) * T <= maxPrefillRows) members.push(s);
+    else {
+      const fresh = [s];
+      open.set(key, fresh);
+      prefills.push(fresh);
+    }
+  }
+  return decodes.length > 0 ? [decodes, ...prefills] : prefills;
+}
+
 function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowStart: Int32Array, past: DecodePast | null, kv: KvStore | null): GroupPlan {
   const B = members.length;
-  const T = seqs[members[0]!]!.tokens.length; // decode group: 1; prefill group: B = 1
+  const T = seqs[members[0]!]!.tokens.length; // the same for every member
   const kvSeqIds = new Int32Array(B);
   const pastLens = new Int32Array(B);
   let P = 0;
@@ -279,13 +317,7 @@ export class DenseRunner {
         throw new ServerError('internal', `forward: sequence ${s} has ${q.tokens.length} tokens after ${q.pastLen} (kv ${q.kvSeqId}), ${this.rope.maxPositions} positions served`);
       }
     }
-    const decodes: number[] = [];
-    const groupMembers: number[][] = [];
-    for (let s = 0; s < numSeqs; s++) {
-      if (seqs[s]!.tokens.length === 1) decodes.push(s);
-      else groupMembers.push([s]);
-    }
-    if (decodes.length > 0) groupMembers.unshift(decodes);
+    const groupMembers = attentionGroups(seqs);
     // Rows are laid out group by group, so each group's rows are contiguous.
     const order = groupMembers.flat();
     const rowStart = new Int32Array(numSeqs);
