@@ -10,7 +10,7 @@
  *   the active weights per token; larger batches: the weights of every expert the step hits)
  *   ÷ the machine's read bandwidth with all cores, measured in this run;
  * - the same with --quantization int8 (weights read at a quarter of the bytes), and with one
- *   ONNX Runtime thread per session (the old default) for comparison;
+ * ONNX Runtime thread (a pool of its own) for comparison;
  * - where decode time goes (per-unit wall time at batch 8);
  * - the engine on the main thread vs in a worker thread: decode tokens/s and the main event
  *   loop's p99 delay while decoding (what HTTP/SSE would feel).
