@@ -17,5 +17,5 @@ export { contiguous, roundRobin, explicit, basePlacement, parseReplicate, replic
 export { planDispatch, DispatchPlan, ShardedExperts } from './src/dispatch.js';
 export { WorkerClient, grpcTarget, heldOf, type ModelIdentity } from './src/client.js';
 export { RoutingStats, type RoutingStatsSnapshot } from './src/stats.js';
-export { startTopology, DEFAULT_TOPOLOGY, expertsStatus, type ExpertsStatus, type Topology, type TopologyOptions, type WorkerHandle, type WorkerStatus } from './src/topology.js';
+export { expertsOnWorkers, startTopology, DEFAULT_TOPOLOGY, expertsStatus, type ExpertsStatus, type Topology, type TopologyOptions, type WorkerHandle, type WorkerStatus } from './src/topology.js';
 export { TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags } from './src/options.js';

@@ -159,6 +159,11 @@ const RESPAWN_MIN_MS = 200;
 const RESPAWN_MAX_MS = 10_000;
 const RESPAWN_RESET_MS = 30_000;
 
+/** Whether these options put the routed experts on worker processes (local or remote). */
+export function expertsOnWorkers(opts: Pick<TopologyOptions, 'workers' | 'workerAddrs'>): boolean {
+  return (opts.workerAddrs?.length ?? 0) > 0 || opts.workers > 0;
+}
+
 /** Starts the experts' topology for a model (see the header). */
 export async function startTopology(cfg: MoeModelConfig, opts: TopologyOptions): Promise<Topology> {
   const identity: ModelIdentity = { hiddenSize: cfg.hiddenSize, numLayers: cfg.numLayers, nRoutedExperts: cfg.moe.nRoutedExperts, configSha256: modelFingerprint(opts.modelDir, cfg) };

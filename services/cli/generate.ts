@@ -11,7 +11,7 @@ import { ServerError } from '../common/src/errors.js';
 import { generateCached, generateRecompute, routingJson, type GenerateParams } from '../gateway/src/engine/generate.js';
 import { loadModel } from '../gateway/src/engine/load.js';
 import { readModelConfig } from '../model/src/model-dir.js';
-import { startTopology, TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags, type Topology } from '../../router/index.js';
+import { expertsOnWorkers, startTopology, TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags, type Topology } from '../../router/index.js';
 import { validateSamplingParams } from '../gateway/src/sampling/params.js';
 import type { RuntimeOptions } from '../model/src/runtime/onnx.js';
 import { TextTokenizer } from '../gateway/src/tokenizer/tokenizer.js';
@@ -81,11 +81,11 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
   const log = (msg: string, level: string) => process.stderr.write(`[${level}] ${msg}\n`);
   const flagged = runtimeFromFlags(values, log);
   const topoOpts = topologyFromFlags(values, dir, flagged, log);
-  const remoteExperts = topoOpts.workers > 0 || !!topoOpts.workerAddrs;
+  const onWorkers = expertsOnWorkers(topoOpts);
   // The pool spins only where this process runs every unit of a step (runtime/onnx.ts).
-  const runtime = { ...flagged, poolSpinning: !remoteExperts };
+  const runtime = { ...flagged, poolSpinning: !onWorkers };
   let topology: Topology | null = null;
-  if (remoteExperts) {
+  if (onWorkers) {
     topology = await startTopology(readModelConfig(dir), topoOpts);
     log(topology.description, 'info');
   }

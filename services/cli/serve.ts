@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags } from '../../router/index.js';
+import { expertsOnWorkers, TOPOLOGY_FLAGS, TOPOLOGY_HELP, topologyFromFlags } from '../../router/index.js';
 import { ServerError } from '../common/src/errors.js';
 import { DEFAULT_KV_TIER } from '../kvcache/src/redis-tier.js';
 import { DEFAULT_ENGINE_SIZING as SIZING } from '../gateway/src/engine/sizing.js';
@@ -159,7 +159,7 @@ function engineFromFlags(values: ServeValues, runtime: RuntimeOptions, experts: 
     maxBatchedTokens: positiveInt(values['max-num-batched-tokens'], '--max-num-batched-tokens'),
     prefixCaching: !values['no-enable-prefix-caching'],
     decodePastBytes: values['decode-past-bytes'] === undefined ? undefined : parseBytes(values['decode-past-bytes'], '--decode-past-bytes'),
-    experts: experts.workers > 0 || experts.workerAddrs ? experts : null,
+    experts: expertsOnWorkers(experts) ? experts : null,
     kvRedis: values['kv-redis']
       ? {
           url: values['kv-redis'],

@@ -5,7 +5,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { toServerError } from '../../../common/src/errors.js';
-import { startTopology, type Topology } from '../../../../router/index.js';
+import { expertsOnWorkers, startTopology, type Topology } from '../../../../router/index.js';
 import type { Placement, RoutedExperts } from '../../../../router/src/types.js';
 import { moeLayers } from '../../../model/src/config.js';
 import type { Engine, StepEvent } from './engine.js';
@@ -47,12 +47,11 @@ port.on('message', (msg: ToEngine) => {
 });
 
 async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
-  const remoteExperts = !!o.experts && (o.experts.workers > 0 || (o.experts.workerAddrs?.length ?? 0) > 0);
-  // The pool spins only where this process runs every unit of a step: waiting on workers, it
-  // would hold a core they need.
-  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, poolSpinning: !remoteExperts, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
+  const onWorkers = !!o.experts && expertsOnWorkers(o.experts);
+  // The pool spins only where this process runs every unit of a step (runtime/onnx.ts).
+  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, poolSpinning: !onWorkers, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
   let experts: RoutedExperts | undefined;
-  if (o.experts && remoteExperts) {
+  if (o.experts && onWorkers) {
     topology = await startTopology(readModelConfig(modelDir), { ...o.experts, modelDir, runtime, log });
     experts = topology.experts;
     // Workers going down or coming back reach the host at once (its /health reads the last status).
