@@ -2,7 +2,9 @@
  * bench:sharding — decode speed with the routed experts in-process vs on 2 and 4 local worker
  * processes (gRPC over Unix sockets), on generated mixtral-perf and dsv2-perf checkpoints.
  *
- * One gateway (dense runner + KV cache) is loaded once per model; the engine's RoutedExperts is
+ * One gateway (dense runner + KV cache) is loaded once per model, its ONNX Runtime pool not
+ * spinning (as a gateway with workers serves; the in-process server's pool spins, so served
+ * in-process decode is faster than this bench's in-process figure); the engine's RoutedExperts is
  * swapped between the topologies, which all stay up, and the measurements interleave (round r:
  * in-process, 2 workers, 4 workers) so drift on this shared machine hits them alike. Per
  * (topology, batch): the median decode step over the measured steps of every round, after
@@ -156,12 +158,15 @@ async function benchModel(preset: string): Promise<void> {
   const dir = ensurePerfModel(preset);
   const sw = new Switch();
   const t0 = performance.now();
-  const model = await loadModel(dir, { runtime: DEFAULT_RUNTIME, mlaImpl: 'auto', experts: sw, kvCacheBytes: 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 1024 });
+  // The gateway's pool sleeps between runs, as a gateway of workers serves (runtime/onnx.ts): a
+  // spinning one would hold the workers' cores. So in-process here is slower than served.
+  const runtime = { ...DEFAULT_RUNTIME, poolSpinning: false };
+  const model = await loadModel(dir, { runtime, mlaImpl: 'auto', experts: sw, kvCacheBytes: 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 1024 });
   const { cfg, engine } = model;
   const log = (msg: string, level: string) => {
     if (level !== 'info') process.stderr.write(`[${level}] ${msg}\n`);
   };
-  const base = { ...DEFAULT_TOPOLOGY, modelDir: dir, runtime: DEFAULT_RUNTIME, transport: TRANSPORT, log };
+  const base = { ...DEFAULT_TOPOLOGY, modelDir: dir, runtime, transport: TRANSPORT, log };
   const topologies: [string, Topology][] = [];
   for (const [name, workers] of [['in-process', 0], ['2 workers', 2], ['4 workers', 4]] as const) {
     const nodeArgs = WORKER_PROF && workers > 0 ? ['--cpu-prof', `--cpu-prof-dir=${WORKER_PROF}`] : undefined;
