@@ -158,15 +158,15 @@ async function benchModel(preset: string): Promise<void> {
   const dir = ensurePerfModel(preset);
   const sw = new Switch();
   const t0 = performance.now();
-  // The gateway's pool sleeps between runs, as a gateway of workers serves (runtime/onnx.ts): a
-  // spinning one would hold the workers' cores. So in-process here is slower than served.
-  const runtime = { ...DEFAULT_RUNTIME, poolSpinning: false };
-  const model = await loadModel(dir, { runtime, mlaImpl: 'auto', experts: sw, kvCacheBytes: 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 1024 });
+  // The gateway's pool sleeps between runs (the Switch is not in-process: loadModel), as a gateway
+  // of workers serves; a spinning one would hold the workers' cores. So in-process here is slower
+  // than served.
+  const model = await loadModel(dir, { runtime: DEFAULT_RUNTIME, mlaImpl: 'auto', experts: sw, kvCacheBytes: 2 ** 30, maxNumSeqs: 64, maxBatchedTokens: 2048, maxModelLen: 1024 });
   const { cfg, engine } = model;
   const log = (msg: string, level: string) => {
     if (level !== 'info') process.stderr.write(`[${level}] ${msg}\n`);
   };
-  const base = { ...DEFAULT_TOPOLOGY, modelDir: dir, runtime, transport: TRANSPORT, log };
+  const base = { ...DEFAULT_TOPOLOGY, modelDir: dir, runtime: DEFAULT_RUNTIME, transport: TRANSPORT, log };
   const topologies: [string, Topology][] = [];
   for (const [name, workers] of [['in-process', 0], ['2 workers', 2], ['4 workers', 4]] as const) {
     const nodeArgs = WORKER_PROF && workers > 0 ? ['--cpu-prof', `--cpu-prof-dir=${WORKER_PROF}`] : undefined;

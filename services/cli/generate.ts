@@ -79,13 +79,10 @@ export async function generateCommand(argv: string[], env: NodeJS.ProcessEnv): P
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new ServerError('invalid_request', `--max-tokens must be a positive integer, got ${values['max-tokens']}`);
 
   const log = (msg: string, level: string) => process.stderr.write(`[${level}] ${msg}\n`);
-  const flagged = runtimeFromFlags(values, log);
-  const topoOpts = topologyFromFlags(values, dir, flagged, log);
-  const onWorkers = expertsOnWorkers(topoOpts);
-  // The pool spins only where this process runs every unit of a step (runtime/onnx.ts).
-  const runtime = { ...flagged, poolSpinning: !onWorkers };
+  const runtime = runtimeFromFlags(values, log);
+  const topoOpts = topologyFromFlags(values, dir, runtime, log);
   let topology: Topology | null = null;
-  if (onWorkers) {
+  if (expertsOnWorkers(topoOpts)) {
     topology = await startTopology(readModelConfig(dir), topoOpts);
     log(topology.description, 'info');
   }

@@ -47,11 +47,9 @@ port.on('message', (msg: ToEngine) => {
 });
 
 async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
-  const onWorkers = !!o.experts && expertsOnWorkers(o.experts);
-  // The pool spins only where this process runs every unit of a step (runtime/onnx.ts).
-  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, poolSpinning: !onWorkers, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
+  const runtime = { device: o.device, deviceId: o.deviceId, intraOpThreads: o.intraOpThreads, quantization: o.quantization, log: (msg: string, level: 'info' | 'warn') => log(msg, level) };
   let experts: RoutedExperts | undefined;
-  if (o.experts && onWorkers) {
+  if (o.experts && expertsOnWorkers(o.experts)) {
     topology = await startTopology(readModelConfig(modelDir), { ...o.experts, modelDir, runtime, log });
     experts = topology.experts;
     // Workers going down or coming back reach the host at once (its /health reads the last status).

@@ -37,8 +37,11 @@ export async function loadModel(dir: string, opts: LoadOptions = DEFAULT_LOAD): 
   const { cfg, checkpoint } = md;
   const d = DEFAULT_ENGINE_SIZING;
   const maxModelLen = Math.min(opts.maxModelLen ?? d.maxModelLenCap, cfg.maxPositionEmbeddings);
-  const runner = await DenseRunner.load(cfg, checkpoint, { runtime: opts.runtime, mlaImpl: opts.mlaImpl, maxPositions: maxModelLen, decodePastBytes: opts.decodePastBytes ?? d.decodePastBytes });
-  const topology = opts.experts ? null : await inProcessTopology(cfg, checkpoint, opts.runtime);
+  // The process's ORT pool spins only where it runs every unit of a step: waiting on workers, it
+  // would hold the cores they need (runtime/onnx.ts).
+  const runtime: RuntimeOptions = { ...opts.runtime, poolSpinning: opts.runtime.poolSpinning ?? (!opts.experts || opts.experts.inProcess === true) };
+  const runner = await DenseRunner.load(cfg, checkpoint, { runtime, mlaImpl: opts.mlaImpl, maxPositions: maxModelLen, decodePastBytes: opts.decodePastBytes ?? d.decodePastBytes });
+  const topology = opts.experts ? null : await inProcessTopology(cfg, checkpoint, runtime);
   const experts = opts.experts ?? topology!.experts;
   const kv = KvCacheManager.forModel(cfg, { blockSize: opts.blockSize ?? d.blockSize, budgetBytes: opts.kvCacheBytes ?? d.kvCacheBytes });
   const engine = new Engine(cfg, runner, experts, kv, {

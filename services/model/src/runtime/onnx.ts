@@ -66,7 +66,8 @@ export interface RuntimeOptions {
    * Whether the process's shared pool spins between runs (its threads stay awake for the next
    * parallel section instead of being woken for each). Set by the process's first session. On in
    * a process that runs every unit of a step; off in one that waits on other processes (a gateway
-   * with expert workers, the workers): a spinning pool would hold a core they need.
+   * with expert workers, the workers): a spinning pool would hold a core they need. loadModel
+   * derives it from where its experts run when not given.
    * @defaultValue true
    */
   readonly poolSpinning?: boolean;
@@ -109,6 +110,11 @@ export function cudaRuntimeDir(): string {
   return typeof v === 'string' ? v : DEFAULT_CUDA_RUNTIME_DIR;
 }
 
+/** A binding package's native folder: its .node addon and libonnxruntime.so.1. */
+function nativeDir(pkg: string): string {
+  return path.join(pkg, 'bin/napi-v6', process.platform, process.arch);
+}
+
 interface CudaManifest {
   readonly ortVersion: string;
   /** Files beside the binding, by name: their byte sizes when checked. */
@@ -129,7 +135,7 @@ export function cudaRuntimeProblem(dir: string = cudaRuntimeDir()): string | nul
   const pkg = path.join(dir, 'node_modules/onnxruntime-node');
   const version = (JSON.parse(fs.readFileSync(path.join(pkg, 'package.json'), 'utf8')) as { version: string }).version;
   if (version !== CUDA_ORT_VERSION) return `${pkg} is onnxruntime-node ${version}, the CUDA provider is ${CUDA_ORT_VERSION}; run npm run setup:cuda`;
-  const bin = path.join(pkg, 'bin/napi-v6', process.platform, process.arch);
+  const bin = nativeDir(pkg);
   for (const [name, { bytes }] of Object.entries(m.files)) {
     const st = fs.statSync(path.join(bin, name), { throwIfNoEntry: false });
     if (!st || st.size !== bytes) return `${path.join(bin, name)} is missing or changed since setup:cuda checked it; run npm run setup:cuda`;
@@ -162,7 +168,7 @@ export const ORT_ENV_ADDON = fileURLToPath(new URL('../../../../.cache/native/or
  */
 function createPool(threads: number, spinning: boolean): { pool: ThreadPool | null; problem: string | null } {
   if (!fs.existsSync(ORT_ENV_ADDON)) return { pool: null, problem: `the ort_env addon is not built (${ORT_ENV_ADDON}; npm run build:native)` };
-  const lib = path.join(path.dirname(localRequire.resolve('onnxruntime-node/package.json')), 'bin/napi-v6', process.platform, process.arch, 'libonnxruntime.so.1');
+  const lib = path.join(nativeDir(path.dirname(localRequire.resolve('onnxruntime-node/package.json'))), 'libonnxruntime.so.1');
   try {
     const addon = { exports: {} } as NodeJS.Module;
     process.dlopen(addon, ORT_ENV_ADDON);
@@ -258,7 +264,7 @@ interface Binding {
  * not self-register: the provider itself loads, and ORT's message is the reason.
  */
 function cudaLoadReason(ortMessage: string): string {
-  const lib = path.join(cudaRuntimeDir(), 'node_modules/onnxruntime-node/bin/napi-v6', process.platform, process.arch, 'libonnxruntime_providers_cuda.so');
+  const lib = path.join(nativeDir(path.join(cudaRuntimeDir(), 'node_modules/onnxruntime-node')), 'libonnxruntime_providers_cuda.so');
   try {
     process.dlopen({ exports: {} } as NodeJS.Module, lib);
   } catch (err) {
