@@ -4,7 +4,7 @@
  * - cached incremental decode equals the fixtures (ids exact, logits within tolerance);
  * - a batch of mixed lengths (1, 7 and 33 tokens together) gives what each gives alone, and so do
  *   equal-length prompts, which prefill as one attention group;
- * - MLA absorbed equals MLA naive;
+ * - MLA absorbed, and auto (the cheaper form for each attention group), equal MLA naive;
  * - keeping the decode group's past between steps equals gathering it every step, while
  *   sequences join, leave and reuse KV ids and the past outgrows its slots;
  * - the pool's bytes per token equal the layout formulas; freeing returns every block.
@@ -81,20 +81,22 @@ for (const fixture of FIXTURES) {
   });
 }
 
-describe('MLA absorbed equals MLA naive (deepseek-v2-tiny, cached decode)', () => {
+describe('MLA absorbed and auto (naive prompts, absorbed decodes) equal MLA naive (deepseek-v2-tiny, cached decode)', () => {
   it('same ids, logits within 1e-4', async () => {
     const expected = loadExpected('deepseek-v2-tiny');
     const prompts = PROMPTS.map((p) => expected.prompts[p].input_ids);
     const out: GenerationResult[][] = [];
-    for (const mlaImpl of ['naive', 'absorbed'] as const) {
+    for (const mlaImpl of ['naive', 'absorbed', 'auto'] as const) {
       const m = await loadModel(fixtureDir('deepseek-v2-tiny'), { runtime: DEFAULT_RUNTIME, mlaImpl, blockSize: 8, kvCacheBytes: 4 << 20 });
       out.push(await generateCached(m.engine, prompts, PARAMS));
       m.checkpoint.close();
     }
-    for (let i = 0; i < prompts.length; i++) {
-      expect(out[1]![i]!.greedy_ids).toEqual(out[0]![i]!.greedy_ids);
-      expect(out[1]![i]!.top5_ids).toEqual(out[0]![i]!.top5_ids);
-      expect(maxAbsDiff(out[1]![i]!.last_logits, out[0]![i]!.last_logits)).toBeLessThanOrEqual(1e-4);
+    for (const form of [1, 2]) {
+      for (let i = 0; i < prompts.length; i++) {
+        expect(out[form]![i]!.greedy_ids).toEqual(out[0]![i]!.greedy_ids);
+        expect(out[form]![i]!.top5_ids).toEqual(out[0]![i]!.top5_ids);
+        expect(maxAbsDiff(out[form]![i]!.last_logits, out[0]![i]!.last_logits)).toBeLessThanOrEqual(1e-4);
+      }
     }
   });
 });

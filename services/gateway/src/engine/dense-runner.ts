@@ -372,7 +372,7 @@ export class DenseRunner {
       const isMoe = layer.mlp === 'moe';
       // ---- attention, group by group
       for (const group of groups) {
-        const session = unit.attnWide && mlaNaiveCheaper(cfg, group.T) ? unit.attnWide : unit.attn;
+        const session = unit.attnWide && mlaNaiveCheaper(cfg, group.T, group.L) ? unit.attnWide : unit.attn;
         this.attentionGroup(l, layer.slidingWindow, session, group, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
       }
       // ---- MLP / MoE over all rows
