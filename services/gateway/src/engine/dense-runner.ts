@@ -72,8 +72,8 @@ export interface ForwardResult {
 export interface DenseRunnerOptions {
   readonly runtime: RuntimeOptions;
   /**
-   * MLA attention form: 'auto' (absorbed for decodes, naive for long prefill chunks, whichever
-   * costs fewer multiply-adds), 'absorbed' or 'naive' (the oracle). @defaultValue 'auto'
+   * MLA attention form: 'auto' (per attention group, whichever costs fewer multiply-adds: absorbed
+   * for decodes, naive for a prompt's chunks), 'absorbed' or 'naive' (the oracle). @defaultValue 'auto'
    */
   readonly mlaImpl: MlaImpl;
   /** Positions covered by the RoPE table. @defaultValue cfg.maxPositionEmbeddings */
