@@ -48,7 +48,8 @@ const HELP = `usage: moeserve serve --model DIR [flags]   (or --demo: the built-
   --log-level L                pino level: trace | debug | info | warn | error (default info)
   --device cpu|cuda[:N]        execution provider (default cpu; cuda falls back to cpu)
   --mla auto|absorbed|naive    MLA attention form: auto = whichever costs less per attention group
-                               (absorbed for decodes, naive for prompt chunks) (default ${RUNTIME_FLAGS.mla.default})
+                               (absorbed for decodes, naive for a prompt's first chunk and long later
+                               ones) (default ${RUNTIME_FLAGS.mla.default})
   --threads N                  ONNX Runtime intra-op threads, one pool per process (default ${RUNTIME_FLAGS.threads.default}: the cores)
   --quantization Q             weight format: none (fp32, exact to the checkpoint) | int8 (weight-only,
                                blocks of 32, quantized at load) (default ${RUNTIME_FLAGS.quantization.default})

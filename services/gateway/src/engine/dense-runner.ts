@@ -73,7 +73,8 @@ export interface DenseRunnerOptions {
   readonly runtime: RuntimeOptions;
   /**
    * MLA attention form: 'auto' (per attention group, whichever costs fewer multiply-adds: absorbed
-   * for decodes, naive for a prompt's chunks), 'absorbed' or 'naive' (the oracle). @defaultValue 'auto'
+   * for decodes, naive for a prompt's first chunk and long later ones), 'absorbed' or 'naive' (the
+   * oracle). @defaultValue 'auto'
    */
   readonly mlaImpl: MlaImpl;
   /** Positions covered by the RoPE table. @defaultValue cfg.maxPositionEmbeddings */
