@@ -174,6 +174,13 @@ export class RoutingStats {
     }
   }
 
+  /** Forgets everything counted, as if just constructed (the engine's warm-up is not traffic). */
+  reset(): void {
+    this.calls = this.requests = this.bytesSent = this.bytesReceived = this.failoverSlots = this.failedCalls = 0;
+    this.forwardMs = this.criticalComputeMs = 0;
+    for (const a of [this.totalPerExpert, this.totalPerWorker, this.totalPerLayerWorker, this.lastPerExpert, this.lastPerWorker, this.totalLoadPerWorker, this.totalLoadPerLayerWorker, this.lastLoadPerWorker, this.windowPerExpert, this.windowLoadPerWorker, this.ringExpert, this.ringWorker, this.ringPos, this.seen]) a.fill(0);
+  }
+
   /** Forgets the per-worker window (after a placement change: the old layout's loads no longer apply). */
   resetWorkerWindow(): void {
     this.windowLoadPerWorker.fill(0);

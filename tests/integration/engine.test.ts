@@ -7,7 +7,8 @@
  * - MLA absorbed, and auto (the cheaper form for each attention group), equal MLA naive;
  * - keeping the decode group's past between steps equals gathering it every step, while
  *   sequences join, leave and reuse KV ids and the past outgrows its slots;
- * - the pool's bytes per token equal the layout formulas; freeing returns every block.
+ * - the pool's bytes per token equal the layout formulas; freeing returns every block;
+ * - the warm-up leaves the KV cache and the scheduler as they were.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateCached, type GenerationResult } from '../../services/gateway/src/engine/generate.js';
@@ -80,6 +81,26 @@ for (const fixture of FIXTURES) {
     });
   });
 }
+
+describe('warm-up (every unit once, before the first request)', () => {
+  for (const fixture of FIXTURES) {
+    it(`${fixture}: stores, schedules and counts nothing; the fixture's output follows unchanged`, async () => {
+      const expected = loadExpected(fixture);
+      const m = await loadModel(fixtureDir(fixture), { runtime: DEFAULT_RUNTIME, mlaImpl: 'auto', blockSize: 4, kvCacheBytes: 4 << 20 });
+      try {
+        const before = m.kv.stats();
+        expect(await m.engine.warmUp()).toBeGreaterThan(0);
+        expect(m.kv.stats()).toEqual(before);
+        expect(m.engine.hasWork()).toBe(false);
+        const [r] = await generateCached(m.engine, [expected.prompts.len7.input_ids], PARAMS);
+        expect(r!.greedy_ids).toEqual(expected.prompts.len7.greedy_ids);
+        expect(maxAbsDiff(r!.last_logits, expected.prompts.len7.last_logits)).toBeLessThanOrEqual(expected.tolerances.last_logits.atol);
+      } finally {
+        m.checkpoint.close();
+      }
+    });
+  }
+});
 
 describe('MLA absorbed and auto (naive prompts, absorbed decodes) equal MLA naive (deepseek-v2-tiny, cached decode)', () => {
   it('same ids, logits within 1e-4', async () => {

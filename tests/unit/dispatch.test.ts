@@ -126,6 +126,26 @@ describe('routing stats', () => {
     expect(s.windowExpertLoad(0)).toEqual([0, 4]);
     expect(s.snapshot().rowsPerExpert[0]).toEqual([2, 4]);
   });
+
+  it('reset forgets everything: the stats then count like a fresh instance', () => {
+    const s = new RoutingStats(2, 2, 2, 2);
+    const fresh = new RoutingStats(2, 2, 2, 2);
+    const call = (t: RoutingStats, a: number[][], rows: number[], load: number[]) => {
+      t.recordExperts(0, ids(a), a.length, a[0]!.length);
+      t.recordWorkers(0, Int32Array.from(rows), Int32Array.from(load));
+      t.requests += 2;
+      t.forwardMs += 1.5;
+    };
+    call(s, [[0], [1], [1]], [1, 2], [1, 2]);
+    call(s, [[1]], [0, 1], [0, 1]);
+    s.reset();
+    expect(s.snapshot()).toEqual(fresh.snapshot());
+    expect(s.windowBalancedness()).toBe(1);
+    call(s, [[1], [0]], [1, 1], [1, 1]);
+    call(fresh, [[1], [0]], [1, 1], [1, 1]);
+    expect(s.snapshot()).toEqual(fresh.snapshot());
+    expect(s.windowExpertLoad(0)).toEqual(fresh.windowExpertLoad(0));
+  });
 });
 
 describe('deadlines and backoff', () => {

@@ -68,6 +68,13 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     throw err;
   }
   engine = model.engine;
+  try {
+    log(`warm-up: every unit ran once in ${Math.round(await engine.warmUp())} ms`, 'info');
+  } catch (err) {
+    // Serving goes on: a unit that cannot run answers each request with its error.
+    log(`warm-up failed: ${toServerError(err).message}`, 'warn');
+  }
+  (topology ?? model.topology)?.stats.reset(); // the warm-up's rows are not traffic
   if (o.kvRedis) {
     tier = new RedisKvTier(model.kv, {
       url: o.kvRedis.url,

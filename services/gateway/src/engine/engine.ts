@@ -22,6 +22,9 @@ import type { RoutedExperts } from '../../../../router/src/types.js';
 import type { DenseRunner, ForwardResult, ForwardSeq } from './dense-runner.js';
 
 
+/** Prompt tokens of Engine.warmUp's request. */
+const WARMUP_PROMPT_TOKENS = 8;
+
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
 
 export interface EngineRequest {
@@ -220,6 +223,23 @@ export class Engine {
     }
     this.waiting.push(s);
     return id;
+  }
+
+  /**
+   * Runs every unit once before the first request: a short prompt, then one more token, through
+   * the runner without the KV cache (nothing is stored, scheduled, counted or cached; routed
+   * experts see the rows like any other, workers included). The first client request then pays
+   * less of the first runs' costs: on dsv2-perf its TTFT went from 436/517 to 356/367 ms (the
+   * next ones 198–274 ms). Running the warm-up through the scheduler and the KV cache instead
+   * gained no more (365/390 ms): what is left is outside the engine. Returns the wall time in ms.
+   */
+  async warmUp(promptLen = WARMUP_PROMPT_TOKENS): Promise<number> {
+    const t0 = performance.now();
+    const V = this.cfg.vocabSize;
+    const prompt = Array.from({ length: Math.max(1, Math.min(promptLen, this.runner.maxPositions)) }, (_, i) => i % V);
+    await this.runner.forward([{ tokens: prompt, pastLen: 0, kvSeqId: -1, logits: 'last' }], null, this.experts);
+    await this.runner.forward([{ tokens: [prompt.length % V], pastLen: 0, kvSeqId: -1, logits: 'last' }], null, this.experts);
+    return performance.now() - t0;
   }
 
   /** Ends a sequence now and frees its KV blocks. */
