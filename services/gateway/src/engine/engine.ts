@@ -230,8 +230,10 @@ export class Engine {
    * the runner without the KV cache (nothing is stored, scheduled, counted or cached; routed
    * experts see the rows like any other, workers included). The first client request then pays
    * less of the first runs' costs: on dsv2-perf its TTFT went from 436/517 to 356/367 ms (the
-   * next ones 198–274 ms). Running the warm-up through the scheduler and the KV cache instead
-   * gained no more (365/390 ms): what is left is outside the engine. Returns the wall time in ms.
+   * next ones 198–274 ms). Running it through the scheduler and the KV cache, or with a 64- or
+   * 256-token prompt, gained no more; what is left was not found. Without a past, MLA runs its
+   * naive graph both times: the absorbed decode graph's first run stays with the first decode.
+   * Returns the wall time in ms.
    */
   async warmUp(promptLen = WARMUP_PROMPT_TOKENS): Promise<number> {
     const t0 = performance.now();
