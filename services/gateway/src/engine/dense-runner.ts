@@ -123,6 +123,8 @@ interface GroupPlan {
   readonly masks: Map<number | null, Float32Array>;
   /** The past comes from DecodePast (P is its slot count), not from a gather of this step. */
   readonly staged: boolean;
+  /** MLA's naive form costs fewer multiply-adds for this group's rows and keys (mlaNaiveCheaper). */
+  readonly mlaNaive: boolean;
 }
 
 /**
@@ -161,7 +163,7 @@ export function attentionGroups(seqs: readonly ForwardSeq[], maxPrefillRows = PR
   return decodes.length > 0 ? [decodes, ...prefills] : prefills;
 }
 
-function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowStart: Int32Array, past: DecodePast | null, kv: KvStore | null): GroupPlan {
+function planGroup(cfg: MoeModelConfig, members: readonly number[], seqs: readonly ForwardSeq[], rowStart: Int32Array, past: DecodePast | null, kv: KvStore | null): GroupPlan {
   const B = members.length;
   const T = seqs[members[0]!]!.tokens.length; // the same for every member
   const kvSeqIds = new Int32Array(B);
@@ -175,7 +177,7 @@ function planGroup(members: readonly number[], seqs: readonly ForwardSeq[], rowS
   // The decode group reads its past from the rows kept since the last step, where they fit.
   const slots = past && kv && T === 1 ? past.prepare(kv, B, kvSeqIds, pastLens, P) : -1;
   if (slots >= 0) P = slots;
-  return { B, T, P, L: P + T, first: rowStart[members[0]!]!, n: B * T, kvSeqIds, pastLens, masks: new Map(), staged: slots >= 0 };
+  return { B, T, P, L: P + T, first: rowStart[members[0]!]!, n: B * T, kvSeqIds, pastLens, masks: new Map(), staged: slots >= 0, mlaNaive: mlaNaiveCheaper(cfg, T, P + T) };
 }
 
 /**
@@ -342,7 +344,7 @@ export class DenseRunner {
       N += seqs[s]!.tokens.length;
     }
     // Per-group facts and masks are the same for every layer: computed once per step.
-    const groups = groupMembers.map((g) => planGroup(g, seqs, rowStart, this.decodePast, kv));
+    const groups = groupMembers.map((g) => planGroup(cfg, g, seqs, rowStart, this.decodePast, kv));
 
     // ---- embedding
     this.mark(null);
@@ -373,7 +375,7 @@ export class DenseRunner {
       const isMoe = layer.mlp === 'moe';
       // ---- attention, group by group
       for (const group of groups) {
-        const session = unit.attnWide && mlaNaiveCheaper(cfg, group.T, group.L) ? unit.attnWide : unit.attn;
+        const session = unit.attnWide && group.mlaNaive ? unit.attnWide : unit.attn;
         this.attentionGroup(l, layer.slidingWindow, session, group, kv, hidden, xNorm, cos, sin, isMoe ? routerLogits : null);
       }
       // ---- MLP / MoE over all rows

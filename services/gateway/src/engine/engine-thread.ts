@@ -74,7 +74,7 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
     // Serving goes on: a unit that cannot run answers each request with its error.
     log(`warm-up failed: ${toServerError(err).message}`, 'warn');
   }
-  (topology ?? model.topology)?.stats.reset(); // the warm-up's rows are not traffic
+  routingTopology(model)?.stats.reset(); // the warm-up's rows are not traffic
   if (o.kvRedis) {
     tier = new RedisKvTier(model.kv, {
       url: o.kvRedis.url,
@@ -152,9 +152,14 @@ async function handle(msg: ToEngine): Promise<void> {
   }
 }
 
+/** The topology whose stats count the routed rows: the workers', else the in-process one. */
+function routingTopology(m: LoadedModel): Topology | null {
+  return topology ?? m.topology;
+}
+
 /** Rows per expert and per worker, as the router's stats counted them (every topology). */
 function routingSnapshot(m: LoadedModel): RoutingLoadSnapshot {
-  const topo = (topology ?? m.topology)!;
+  const topo = routingTopology(m)!;
   const X = m.cfg.moe.nRoutedExperts;
   const W = topo.stats.numWorkers;
   const layers = moeLayers(m.cfg);
