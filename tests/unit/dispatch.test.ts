@@ -136,9 +136,21 @@ describe('routing stats', () => {
       t.requests += 2;
       t.forwardMs += 1.5;
     };
+    const dirtyCounters = (t: RoutingStats) => {
+      t.calls += 1;
+      t.bytesSent += 10;
+      t.bytesReceived += 20;
+      t.failoverSlots += 1;
+      t.failedCalls += 1;
+      t.criticalComputeMs += 2.5;
+    };
     call(s, [[0], [1], [1]], [1, 2], [1, 2]);
     call(s, [[1]], [0, 1], [0, 1]);
+    dirtyCounters(s);
     s.reset();
+    // Every field, private ones included: a counter added later and missed by reset() fails here
+    // even when no snapshot shows it.
+    expect({ ...s }).toEqual({ ...fresh });
     expect(s.snapshot()).toEqual(fresh.snapshot());
     expect(s.windowBalancedness()).toBe(1);
     call(s, [[1], [0]], [1, 1], [1, 1]);
