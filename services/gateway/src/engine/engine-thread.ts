@@ -69,7 +69,8 @@ async function init(modelDir: string, o: SerializedLoadOptions): Promise<void> {
   }
   engine = model.engine;
   try {
-    log(`warm-up: every unit ran once in ${Math.round(await engine.warmUp())} ms`, 'info');
+    // A prompt and one more token, no past: MLA's absorbed decode graph is not among them (Engine.warmUp).
+    log(`warm-up: a prompt and one decode step ran in ${Math.round(await engine.warmUp())} ms`, 'info');
   } catch (err) {
     // Serving goes on: a unit that cannot run answers each request with its error.
     log(`warm-up failed: ${toServerError(err).message}`, 'warn');
